@@ -12,14 +12,17 @@ APT_RUNTIME := python3-venv python3-dev gcc
 APT_TEST := espeak-ng festival festvox-kallpc16k festvox-us-slt-hts
 
 # The shipped models: synthesize the corpus, train (resuming from checkpoints/ when present),
-# copy the best checkpoints into the package. CPU by default; CUDA is used when present.
+# copy the best checkpoints into the package, then regenerate docs/RESULTS.md from the held-out
+# test split. CPU by default; CUDA is used when present. Boosted models start from the weights
+# of their hint-free counterpart.
 DATA ?= data/se
 RUNS ?= checkpoints
 TRAIN_MINUTES ?= 30
 TRAIN_ARGS ?= --batch 8 --segment-s 1.0 --checkpoint-every 10 --max-minutes $(TRAIN_MINUTES)
 SHIPPED := kb_ros/share/models
+KB_ARGS = --large-model $(SHIPPED)/large $(TRAIN_ARGS) --val-every 150
 
-.PHONY: demo test models system-deps system-test-deps venv clean
+.PHONY: demo test models results system-deps system-test-deps venv clean
 
 demo: venv
 	$(BIN)/kb-ros demo
@@ -29,13 +32,25 @@ test: venv system-test-deps
 
 models: venv system-test-deps
 	[ -f $(DATA)/train.npz ] || $(BIN)/kb-ros data --out $(DATA) --train 640 --val 96 --test 96
+	[ -f $(DATA)/test.npz ] || $(BIN)/kb-ros data --out $(DATA) --train 0 --val 0 --test 96
 	$(BIN)/kb-ros train large_cpu --data $(DATA) --out $(RUNS)/large_cpu $(TRAIN_ARGS) --val-every 100
 	$(BIN)/python -m kb_ros.training.ship $(RUNS)/large_cpu large
-	$(BIN)/kb-ros train small --data $(DATA) --out $(RUNS)/small $(TRAIN_ARGS) --val-every 150
-	$(BIN)/python -m kb_ros.training.ship $(RUNS)/small small
-	$(BIN)/kb-ros train kb --data $(DATA) --out $(RUNS)/kb --large-model $(SHIPPED)/large \
-		$(TRAIN_ARGS) --val-every 150
+	for preset in small medium small_gc; do \
+		$(BIN)/kb-ros train $$preset --data $(DATA) --out $(RUNS)/$$preset $(TRAIN_ARGS) \
+			--val-every 150 && $(BIN)/python -m kb_ros.training.ship $(RUNS)/$$preset $$preset \
+			|| exit 1; done
+	$(BIN)/kb-ros train kb --data $(DATA) --out $(RUNS)/kb --init-from $(SHIPPED)/small $(KB_ARGS)
 	$(BIN)/python -m kb_ros.training.ship $(RUNS)/kb kb
+	$(BIN)/kb-ros train kb_d4 --data $(DATA) --out $(RUNS)/kb_d4 --init-from $(SHIPPED)/small \
+		$(KB_ARGS)
+	$(BIN)/python -m kb_ros.training.ship $(RUNS)/kb_d4 kb_d4
+	$(BIN)/kb-ros train kb_gc --data $(DATA) --out $(RUNS)/kb_gc --init-from $(SHIPPED)/small_gc \
+		$(KB_ARGS)
+	$(BIN)/python -m kb_ros.training.ship $(RUNS)/kb_gc kb_gc
+	$(MAKE) results
+
+results: venv
+	$(BIN)/kb-ros eval --table --data $(DATA) --out docs/RESULTS.md
 
 venv: $(VENV)/.installed
 

@@ -32,6 +32,8 @@ setup(
     ],
     extras_require={
         "audio": ["sounddevice>=0.4.6"],
+        "bridge": ["pyzmq>=25"],
+        "data": ["pyroomacoustics>=0.7"],
         "metrics": ["pesq>=0.0.4", "pystoi>=0.4"],
         "dev": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6", "flake8>=6",
                 "pydocstyle>=6", "catkin_pkg>=1.0"],

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from kb_ros.audio.clock import CHUNK_FRAMES, ChunkClock, InputChunker, Rechunker
+from kb_ros.audio.clock import CHUNK_FRAMES, ChunkClock, InputChunker, Rechunker, StampGuard
 from kb_ros.audio.pcm import AudioFormat, PcmError, decode_pcm, encode_pcm
 from kb_ros.audio.stream import PcmChunkStream
 
@@ -156,3 +156,52 @@ def test_rechunker_property_conserves_samples(blocks, channels):
     assert len(out) == -(-(lead + total) // CHUNK_FRAMES)
     assert sum(float(c.audio.sum()) for c in out) == pytest.approx(total * channels)
     assert np.all(np.diff([c.stamp_ns for c in out]) == 8_000_000)
+
+
+def test_stamp_guard_admits_the_timeline_with_jitter_and_gaps():
+    guard = StampGuard()
+    stamps = [T0 + k * 160 * NS_PER_SAMPLE for k in range(20)]
+    stamps[5] += 40 * NS_PER_SAMPLE  # jitter within tolerance
+    del stamps[10:12]  # two lost blocks: a 320-frame gap
+    assert [guard.admit(s, 160) for s in stamps] == [None] * len(stamps)
+    assert (guard.stats.gaps, guard.stats.gap_frames, guard.stats.reanchors) == (1, 320, 0)
+
+
+@pytest.mark.parametrize("bad_stamp,reason", [
+    (0, "bad_stamp"), (-8_000_000, "bad_stamp"),
+    (T0 + 3 * 8_000_000, "stamp_step_back"),  # a duplicate of chunk 3
+    (T0 - 86_400 * 10**9, "stamp_step_back"),  # a day in the past
+    (T0 + 86_400 * 10**9, "stamp_jump"),  # a day in the future
+    (T0 + 10 * 8_000_000 + 2 * 10**9, "stamp_jump"),  # 2 s ahead: more than a gap
+])
+def test_stamp_guard_drops_a_single_stamp_off_the_timeline(bad_stamp, reason):
+    guard = StampGuard()
+    for k in range(10):
+        assert guard.admit(T0 + k * 8_000_000, 128) is None
+    assert guard.admit(bad_stamp, 128) == reason
+    for k in range(10, 20):  # the stream goes on undisturbed
+        assert guard.admit(T0 + k * 8_000_000, 128) is None
+    assert guard.stats.blocks == 20 and guard.stats.reanchors == 0
+
+
+@pytest.mark.parametrize("jump_s", [-60.0, -0.5, 5.0])
+def test_stamp_guard_reanchors_once_a_new_timeline_is_confirmed(jump_s):
+    """A restarted capture or a replayed bag: the first two blocks go, then it follows."""
+    guard = StampGuard()
+    for k in range(10):
+        guard.admit(T0 + k * 8_000_000, 128)
+    restart = T0 + int(jump_s * 1e9)
+    outcomes = [guard.admit(restart + k * 8_000_000, 128) for k in range(5)]
+    assert outcomes[:2] == ["stamp_jump" if jump_s > 0 else "stamp_step_back"] * 2
+    assert outcomes[2:] == [None] * 3 and guard.stats.reanchors == 1
+
+
+def test_stamp_guard_scattered_bogus_stamps_never_reanchor():
+    guard = StampGuard()
+    rng = np.random.default_rng(0)
+    dropped = 0
+    for k in range(200):
+        assert guard.admit(T0 + k * 8_000_000, 128) is None
+        if k % 3 == 0:  # a bogus stamp after every third chunk, each somewhere else
+            dropped += guard.admit(int(rng.integers(1, 2**62)), 128) is not None
+    assert dropped == 67 and guard.stats.reanchors == 0

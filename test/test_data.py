@@ -10,7 +10,7 @@ import pytest
 
 from kb_ros.audio.wav import read_wav
 from kb_ros.data import mixtures, noise, rooms, text, tts
-from kb_ros.data.corpus import build_corpus, versions
+from kb_ros.data.corpus import build_corpus, check_disjoint, split_contents, versions
 from kb_ros.data.sample import SAMPLES_DIR, build_demo
 
 HAVE_ESPEAK = shutil.which("espeak-ng") is not None
@@ -179,6 +179,24 @@ def test_build_corpus_same_with_workers(tmp_path: Path) -> None:
     recipe = json.loads((tmp_path / "a" / "test.json").read_text())
     assert recipe["seed"] == 1 and len(recipe["examples"]) == 3
     assert recipe["versions"]["espeak-ng"] and recipe["versions"]["festival"]
+
+
+@needs_tts
+def test_built_splits_share_no_voice_and_no_sentence(tmp_path: Path) -> None:
+    """The held-out test split: no talker, babble talker or sentence of train or val in it."""
+    cache = tmp_path / "cache"
+    for split in text.SPLITS:
+        build_corpus(tmp_path / "data", split, 3, 0.5, seed=2, workers=1, cache_dir=cache)
+    assert check_disjoint(tmp_path / "data") == ["test", "train", "val"]
+    test_recipe = json.loads((tmp_path / "data" / "test.json").read_text())
+    voices, sentences = split_contents(test_recipe)
+    assert voices <= {voice.name for voice in tts.voices("test")}
+    assert sentences and all(text.split_of(s) == "test" for s in sentences)
+    babble = {t["voice"] for ex in test_recipe["examples"] for t in ex["noise"].get("babble", [])}
+    assert babble <= voices  # babble talkers are counted as voices of the split
+    shutil.copy(tmp_path / "data" / "val.json", tmp_path / "data" / "test.json")
+    with pytest.raises(ValueError, match="test and val share"):
+        check_disjoint(tmp_path / "data")
 
 
 def test_shipped_demo_files() -> None:

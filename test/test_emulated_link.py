@@ -58,3 +58,14 @@ def test_invalid_profiles_are_rejected():
         LinkProfile(loss=1.5)
     with pytest.raises(ValueError):
         LinkProfile(delay_ms=-1)
+
+
+def test_outage_loses_exactly_what_is_offered_inside_the_window():
+    link = EmulatedLink(LinkProfile(delay_ms=5))
+    link.schedule_outage(40 * MS, 80 * MS)
+    offer_all(link, 20)  # offered at 0, 8, ..., 152 ms
+    delivered = [item for _, item in drain(link)]
+    assert delivered == [i for i in range(20) if not 40 <= i * 8 < 80]
+    assert link.stats.lost_in_outage == 5 and link.stats.lost == 0
+    with pytest.raises(ValueError):
+        link.schedule_outage(10 * MS, 10 * MS)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kb_ros.models.attention import QUERY_BLOCK
+from kb_ros.models.blocks import GROUP_EXCHANGE_FACTOR
 from kb_ros.models.checkpoint import (load_checkpoint, load_model, model_id, read_manifest,
                                       save_model)
 from kb_ros.models.complexity import count_macs
@@ -21,6 +22,7 @@ from kb_ros.models.filterbank import (ALGORITHMIC_LATENCY_SAMPLES, HOP, LOOKAHEA
 from kb_ros.models.model import StreamingModel
 from kb_ros.models.state import State, flatten_tensors
 from kb_ros.models.traced import TracedStep
+from kb_ros.training.hint_schedule import gather_used_hint
 
 F64 = torch.float64
 
@@ -31,16 +33,15 @@ VARIANTS = {
                                 attn_window=4, attn_heads=2),
     "kb_memory5": get_config("kb", name="kb_memory5", memory_frames=5, in_channels=2,
                              n_sources=2),
+    # GroupComm with self-attention per group, and a separating GroupComm kb model
+    "large_gc_window4": get_config("large_cpu", name="large_gc_window4", emb_dim=16,
+                                   lstm_hidden=8, groups=2, attn_window=4, attn_heads=2),
+    "kb_gc_stereo": get_config("kb_gc", name="kb_gc_stereo", memory_frames=5, in_channels=2,
+                               n_sources=2),
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops on a shared 2-core box: a second intra-op thread only spins and stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(config: ModelConfig, dtype: torch.dtype = F64, seed: int = 0) -> StreamingModel:
@@ -185,7 +186,8 @@ def first_changed_output(model: StreamingModel, config: ModelConfig, start: int)
     return int(changed[0])
 
 
-@pytest.mark.parametrize("name", ["small", "kb", "large_window4"])
+@pytest.mark.parametrize("name", ["small", "kb", "large_window4", "small_gc", "kb_gc", "kb_d4",
+                                  "large_gc_window4"])
 @pytest.mark.parametrize("start", [3 * HOP, 3 * HOP + 1, 3 * HOP + LOOKAHEAD, 4 * HOP - 1])
 def test_future_input_never_changes_earlier_output(name: str, start: int) -> None:
     """
@@ -202,9 +204,10 @@ def test_future_input_never_changes_earlier_output(name: str, start: int) -> Non
     assert start - (first - OUTPUT_DELAY_SAMPLES) < ALGORITHMIC_LATENCY_SAMPLES
 
 
-@pytest.mark.parametrize("step,age", [(2, 1), (5, 8), (7, 3)])
-def test_hint_only_affects_its_step_and_later(step: int, age: int) -> None:
-    config = get_config("kb")
+@pytest.mark.parametrize("name,step,age", [("kb", 2, 1), ("kb", 5, 8), ("kb", 7, 3), ("kb", 3, 0),
+                                           ("kb_d4", 6, 4), ("kb_gc", 4, 0), ("kb_gc", 8, 6)])
+def test_hint_only_affects_its_step_and_later(name: str, step: int, age: int) -> None:
+    config = get_config(name)
     model = make_model(config)
     frames = 10
     mix, hint, _ = inputs(config, frames, batch=1)
@@ -219,15 +222,28 @@ def test_hint_only_affects_its_step_and_later(step: int, age: int) -> None:
     torch.testing.assert_close(baseline, offline(model, mix), rtol=0, atol=0)
 
 
-def test_hint_audio_of_a_step_does_not_leak_backwards() -> None:
-    config = get_config("kb")
+@pytest.mark.parametrize("name,chunk,age", [("kb", 2, 0), ("kb", 1, 4), ("kb", 0, 8),
+                                            ("kb_d4", 3, 4), ("kb_gc", 2, 0), ("kb_gc", 1, 6)])
+def test_hint_of_a_chunk_influences_outputs_from_chunk_plus_age_only(
+        name: str, chunk: int, age: int) -> None:
+    """
+    The hint of chunk j, used at age a, changes outputs from chunk j + a on and none before.
+
+    The device uses the hint of chunk j once it is a chunks old (training gathers it the same
+    way), so outputs before chunk j + a cannot depend on it, whatever the hint says.
+    """
+    config = get_config(name)
     model = make_model(config)
-    mix, hint, ages = inputs(config, 10, batch=1)
-    ages[0, 6] = 2
+    frames = 12
+    mix, hint, _ = inputs(config, frames, batch=1)
+    ages = torch.full((1, frames), -1)
+    ages[0, chunk + age:] = age  # from step j + a on, each step uses the hint a chunks old
     other = hint.clone()
-    other[..., 6 * HOP:7 * HOP] = torch.randn(1, 1, HOP, dtype=F64)
-    diff = (offline(model, mix, other, ages) - offline(model, mix, hint, ages)).abs()
-    assert diff[..., :6 * HOP].max() < 1e-13 and diff[..., 6 * HOP:7 * HOP].max() > 1e-9
+    other[..., chunk * HOP:(chunk + 1) * HOP] = torch.randn(1, 1, HOP, dtype=F64)
+    diff = (offline(model, mix, gather_used_hint(other, ages), ages)
+            - offline(model, mix, gather_used_hint(hint, ages), ages)).abs().amax(dim=(0, 1))
+    used_at = (chunk + age) * HOP
+    assert diff[:used_at].max() < 1e-13 and diff[used_at:used_at + HOP].max() > 1e-9
 
 
 def test_unused_hint_slices_are_ignored_even_if_nan() -> None:
@@ -259,7 +275,7 @@ def test_steps_without_hint_arguments_equal_steps_with_age_minus_one() -> None:
                                rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["small", "kb", "large_window4"])
+@pytest.mark.parametrize("name", ["small", "kb", "large_window4", "small_gc", "kb_gc"])
 def test_traced_step_is_bit_identical_to_eager(name: str) -> None:
     config = VARIANTS[name]
     model = make_model(config, torch.float32)
@@ -284,11 +300,12 @@ def test_traced_step_is_bit_identical_to_eager(name: str) -> None:
         step(mix[..., :2 * HOP])
 
 
-def test_hint_ages_are_validated() -> None:
-    config = get_config("kb")
+@pytest.mark.parametrize("name,bad_ages", [("kb", (9, -2)), ("kb_d4", (0, 3, 5, 8))])
+def test_hint_ages_are_validated(name: str, bad_ages: tuple[int, ...]) -> None:
+    config = get_config(name)
     model = make_model(config)
     mix, hint, ages = inputs(config, 4, batch=1)
-    for bad in (0, config.max_age + 1, -2):
+    for bad in bad_ages:
         wrong = ages.clone()
         wrong[0, 1] = bad
         with pytest.raises(ValueError, match="hint ages"):
@@ -344,11 +361,16 @@ def test_config_validation_and_sizes() -> None:
         ModelConfig(name="x", kind="small", fusion_after=(1,))
     with pytest.raises(KeyError):
         get_config("huge")
+    with pytest.raises(ValueError, match="groups"):
+        get_config("small_gc", groups=3)  # 32 channels do not split into 3 groups
+    assert (get_config("kb").min_age, get_config("kb").max_age) == (0, 8)
+    assert (get_config("kb_d4").min_age, get_config("kb_d4").max_age) == (4, 4)
     params = {name: sum(p.numel() for p in StreamingModel(get_config(name)).parameters())
               for name in PRESETS}
     assert 20_000 < params["small"] < 26_000  # the paper's small model: 23,960
     assert abs(params["medium"] / params["kb"] - 1) < 0.02  # same-size baseline
     assert params["small"] < params["large_cpu"] < params["large"]
+    assert params["small_gc"] < params["small"] / 2  # groups share one block: far fewer params
     assert ModelConfig.from_dict(json.loads(json.dumps(get_config("kb").to_dict()))) == \
         get_config("kb")
 
@@ -368,18 +390,35 @@ def test_mac_count_is_exact_for_the_small_model() -> None:
     assert kb["macs_per_chunk"] > small["macs_per_chunk"] and kb["params"] > small["params"]
 
 
-@pytest.mark.parametrize("filename", ["kb.pt", "kb_dir"])
-def test_checkpoint_round_trip(tmp_path, filename: str) -> None:
-    config = get_config("kb")
+def test_mac_count_is_exact_for_the_groupcomm_model() -> None:
+    """small_gc: G groups of width W through one shared block, plus the group exchange."""
+    config = get_config("small_gc")
+    groups, width, hidden, dim = config.groups, config.group_dim, config.lstm_hidden, 32
+    exchange_hidden = GROUP_EXCHANGE_FACTOR * width
+    dft = 2 * N_FFT * 2 * N_FREQS
+    convs = 2 * N_FREQS * dim * 2 * 9
+    exchange = N_FREQS * (groups * 2 * width * exchange_hidden  # transform, own half
+                          + exchange_hidden ** 2 + exchange_hidden * width)  # mean: once
+    shared = groups * N_FREQS * (2 * 4 * hidden * (width + hidden) + 4 * hidden * (width + hidden)
+                                 + 2 * hidden * width + hidden * width)
+    counted = count_macs(StreamingModel(config))["macs_per_chunk"]
+    assert counted == dft + convs + config.n_blocks * (exchange + shared)
+
+
+@pytest.mark.parametrize("preset,filename", [("kb", "kb.pt"), ("kb", "kb_dir"),
+                                             ("kb_gc", "kb_gc_dir"), ("kb_d4", "kb_d4.ckpt")])
+def test_checkpoint_round_trip(tmp_path, preset: str, filename: str) -> None:
+    config = get_config(preset)
     model = make_model(config, torch.float32, seed=3)
     path = tmp_path / filename
     manifest = save_model(model, path, recipe={"data": "synthetic"}, metrics={"si_snri_db": 1.5})
     assert manifest == read_manifest(path)
-    assert manifest["model_id"] == model_id(model) and manifest["model_id"].startswith("kb-")
+    assert manifest["model_id"] == model_id(model)
+    assert manifest["model_id"].startswith(f"{preset}-")
     assert manifest["config"] == config.to_dict()
     assert (manifest["sample_rate"], manifest["chunk_frames"], manifest["lookahead"]) == \
         (16000, 128, 64)
-    assert manifest["age_range"] == [1, 8]
+    assert manifest["age_range"] == [config.min_age, config.max_age]
     assert manifest["recipe"] == {"data": "synthetic"} and manifest["metrics"]["si_snri_db"] == 1.5
     loaded, loaded_manifest = load_checkpoint(path)
     assert loaded_manifest == manifest and not loaded.training

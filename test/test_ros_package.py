@@ -49,6 +49,7 @@ ROSDEP_KEYS = {
     "numpy": "python3-numpy", "scipy": "python3-scipy", "yaml": "python3-yaml",
     "matplotlib": "python3-matplotlib", "torch": "python3-torch", "tqdm": "python3-tqdm",
     "rosbags": "python3-rosbags-pip", "sounddevice": "python3-sounddevice-pip",
+    "zmq": "python3-zmq",
 }
 # Imports that need no exec_depend, and why.
 NOT_EXEC_DEPENDS = {
@@ -317,7 +318,8 @@ def test_launch_files_use_only_declared_arguments(launch):
 def test_boosted_launch_arguments_are_the_documented_ones(launch):
     args = arguments(launch["boosted.launch.py"])
     assert set(args) == {"role", "input", "wav", "namespace", "link", "link_delay_ms",
-                         "model_dir", "use_sim_time", "params_file"}
+                         "model_dir", "use_sim_time", "params_file", "bridge_address",
+                         "bridge_port", "bridge_keys", "device"}
     assert args["role"].kwargs["choices"] == ["all", "device", "workstation"]
     assert all(a.kwargs.get("description") for a in args.values())
 
@@ -330,6 +332,13 @@ def test_boosted_launch_arguments_are_the_documented_ones(launch):
     ({"role": "device"}, {("kb", "capture_node"), ("kb", "small_node"), ("kb", "playback_node")}),
     ({"role": "device", "input": "none"}, {("kb", "small_node"), ("kb", "playback_node")}),
     ({"role": "workstation", "namespace": "robot1"}, {("robot1", "hint_node")}),
+    ({"role": "device", "link": "bridge"}, {("kb", "capture_node"), ("kb", "small_node"),
+                                            ("kb", "playback_node"), ("kb", "link_node")}),
+    ({"role": "workstation", "link": "bridge", "device": "r2"}, {("kb", "link_node"),
+                                                                 ("kb/r2", "hint_node")}),
+    ({"link": "bridge"}, {("kb", "capture_node"), ("kb", "small_node"), ("kb", "playback_node"),
+                          ("kb", "link_node"), ("kb/remote", "link_node"),
+                          ("kb/remote/robot", "hint_node")}),
 ])
 def test_boosted_launch_starts_the_right_nodes_for_each_role(launch, given, nodes):
     description = launch["boosted.launch.py"]

@@ -112,3 +112,42 @@ def test_write_rejects_bad_input(tmp_path: Path) -> None:
         write_wav(tmp_path / "a.wav", np.array([np.nan]))
     with pytest.raises(WavError):
         write_wav(tmp_path / "a.wav", np.zeros(4), sample_format="S24LE")
+
+
+def _patched(tmp_path: Path, offset: int, value: int, size: int) -> Path:
+    """Write a valid 16-bit WAV, then overwrite one header field."""
+    write_wav(tmp_path / "ok.wav", _tone(channels=1))
+    data = bytearray((tmp_path / "ok.wav").read_bytes())
+    data[offset:offset + size] = value.to_bytes(size, "little")
+    (tmp_path / "bad.wav").write_bytes(bytes(data))
+    return tmp_path / "bad.wav"
+
+
+@pytest.mark.parametrize("offset,value,size,match", [
+    (40, 10**9, 4, "truncated"),  # data chunk claims 1 GB, the file ends after 3200 bytes
+    (22, 0, 2, "not a readable"),  # 0 channels
+    (22, 65535, 2, "not a readable"),  # 65535 channels
+    (24, 0, 4, "not a readable"),  # 0 Hz
+])
+def test_hostile_headers_raise(tmp_path: Path, offset: int, value: int, size: int,
+                               match: str) -> None:
+    with pytest.raises(WavError, match=match):
+        read_wav(_patched(tmp_path, offset, value, size))
+
+
+@pytest.mark.parametrize("rate", [1, 999, 400_000])
+def test_absurd_sample_rates_raise_before_resampling(tmp_path: Path, rate: int) -> None:
+    """A 1 Hz header would otherwise resample 0.1 s of data into 25 million samples."""
+    path = _patched(tmp_path, 24, rate, 4)
+    data = bytearray(path.read_bytes())
+    data[28:32] = (rate * 2).to_bytes(4, "little")  # byte rate consistent with the rate
+    path.write_bytes(bytes(data))
+    with pytest.raises(WavError, match="sample rate"):
+        read_wav(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_float_samples_raise(tmp_path: Path, bad: float) -> None:
+    wavfile.write(tmp_path / "a.wav", 16000, np.array([0.1, bad, 0.2], np.float32))
+    with pytest.raises(WavError, match="NaN or Inf"):
+        read_wav(tmp_path / "a.wav")

@@ -59,6 +59,73 @@ class RechunkerStats:
     resyncs: int = 0
 
 
+@dataclass
+class StampGuardStats:
+    blocks: int = 0
+    gaps: int = 0
+    gap_frames: int = 0
+    reanchors: int = 0
+
+
+class StampGuard:
+    """
+    Admits a stream's blocks only while their stamps continue its timeline.
+
+    A block is expected where the previous one ended, within ``tolerance_frames`` (jittery
+    capture clocks); up to ``max_gap_frames`` later is a gap (lost input, counted). A block that
+    steps back (a duplicate, reordered or replayed message) or jumps further ahead (a bogus
+    stamp) is dropped, unless ``confirm_blocks`` consecutive such blocks agree on a new
+    timeline: that is a restart (a new capture, a bag played again), and the guard re-anchors
+    on it. So one hostile stamp costs nothing but its own block, and a real restart costs its
+    first ``confirm_blocks - 1`` blocks.
+    """
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE, tolerance_frames: int = 80,
+                 max_gap_frames: int = SAMPLE_RATE, confirm_blocks: int = 3) -> None:
+        self.sample_rate = sample_rate
+        self.tolerance_frames = tolerance_frames
+        self.max_gap_frames = max_gap_frames
+        self.confirm_blocks = confirm_blocks
+        self.stats = StampGuardStats()
+        self._next_sample: int | None = None
+        self._candidate_next: int | None = None
+        self._candidate_blocks = 0
+
+    def admit(self, stamp_ns: int, frames: int) -> str | None:
+        """Return None if a block of ``frames`` stamped ``stamp_ns`` is admitted, else why not."""
+        if stamp_ns <= 0:
+            return "bad_stamp"
+        first = round(stamp_ns * self.sample_rate / NS_PER_S)
+        if self._next_sample is not None:
+            offset = first - self._next_sample
+            if not -self.tolerance_frames <= offset <= self.max_gap_frames:
+                return self._off_timeline(first, frames, offset)
+            if offset > self.tolerance_frames:
+                self.stats.gaps += 1
+                self.stats.gap_frames += offset
+        self._admit(first, frames)
+        return None
+
+    def _off_timeline(self, first: int, frames: int, offset: int) -> str | None:
+        candidate = self._candidate_next
+        if candidate is not None and abs(first - candidate) <= self.tolerance_frames:
+            self._candidate_blocks += 1
+        else:
+            self._candidate_blocks = 1
+        self._candidate_next = first + frames
+        if self._candidate_blocks < self.confirm_blocks:
+            return "stamp_step_back" if offset < 0 else "stamp_jump"
+        self.stats.reanchors += 1
+        self._admit(first, frames)
+        return None
+
+    def _admit(self, first: int, frames: int) -> None:
+        self.stats.blocks += 1
+        self._next_sample = first + frames
+        self._candidate_next = None
+        self._candidate_blocks = 0
+
+
 class Rechunker:
     """
     Turns blocks of any size into ``chunk_frames`` chunks with sample-accurate stamps.

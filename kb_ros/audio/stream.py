@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
-from kb_ros.audio.clock import CHUNK_FRAMES, SAMPLE_RATE, Chunk, InputChunker
-from kb_ros.audio.pcm import AudioFormat, PcmError, decode_pcm
+from kb_ros.audio.clock import CHUNK_FRAMES, SAMPLE_RATE, Chunk, InputChunker, StampGuard
+from kb_ros.audio.pcm import AudioFormat, NonFiniteError, PcmError, decode_pcm
 
 MAX_PAYLOAD_BYTES = 1 << 20
 
@@ -18,22 +18,26 @@ class PcmChunkStream:
     The format comes from the stream's ``*_info`` topic. A latched info message may arrive
     after the first audio (DDS orders nothing across topics), so with ``hold_messages`` > 0
     the first payloads wait until the format is known; if no info comes within that many
-    messages, the default (F32LE mono 16 kHz) is assumed and ``on_format_assumed`` is called.
-    Payloads that cannot be used are dropped and counted by reason in ``drops``; ``push`` then
-    returns no chunk and ``on_drop(reason)`` is called, so the caller decides how loudly to log.
+    messages (or 1 MiB), the default (F32LE mono 16 kHz) is assumed and ``on_format_assumed``
+    is called. Payloads that cannot be used (oversized, undecodable, non-finite, stamped off
+    the stream's timeline: see ``StampGuard``) are dropped and counted by reason in ``drops``;
+    ``push`` then returns no chunk and ``on_drop(reason, detail)`` is called, so the caller
+    decides how loudly to log.
     """
 
     def __init__(self, fmt: AudioFormat | None = None, sample_rate: int = SAMPLE_RATE,
                  chunk_frames: int = CHUNK_FRAMES,
-                 on_drop: Callable[[str], None] | None = None, hold_messages: int = 0,
+                 on_drop: Callable[[str, str], None] | None = None, hold_messages: int = 0,
                  on_format_assumed: Callable[[AudioFormat], None] | None = None) -> None:
         self.sample_rate = sample_rate
         self.chunk_frames = chunk_frames
         self.drops: Counter = Counter()
+        self.guard = StampGuard(sample_rate)
         self._on_drop = on_drop
         self._on_format_assumed = on_format_assumed
         self._hold_messages = hold_messages
         self._held: list[tuple[int, bytes]] = []
+        self._held_bytes = 0
         self.format = AudioFormat(sample_rate=sample_rate)
         self._chunker = InputChunker(1, sample_rate, chunk_frames)
         self.format_known = fmt is not None or hold_messages == 0
@@ -58,35 +62,50 @@ class PcmChunkStream:
 
     def push(self, stamp_ns: int, payload: bytes) -> list[Chunk]:
         """Decode one payload captured at ``stamp_ns``; return the chunks it completes."""
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return self.reject("oversized", f"{len(payload)} bytes")
         if not self.format_known:
             self._held.append((stamp_ns, bytes(payload)))
-            if len(self._held) < self._hold_messages:
+            self._held_bytes += len(payload)
+            if len(self._held) < self._hold_messages and self._held_bytes <= MAX_PAYLOAD_BYTES:
                 return []
+            return self.finish()
+        return self._decode(stamp_ns, payload)
+
+    def finish(self) -> list[Chunk]:
+        """
+        Decode what still waits for a format, assuming the default (e.g. at shutdown).
+
+        Audio that was received is processed even if its format never came; a trailing
+        partial chunk is not (there is no more input to complete it).
+        """
+        if not self.format_known:
             self.format_known = True
             if self._on_format_assumed is not None:
                 self._on_format_assumed(self.format)
-            return self._release_held()
-        return self._decode(stamp_ns, payload)
+        return self._release_held()
+
+    def reject(self, reason: str, detail: str = "") -> list[Chunk]:
+        """Count and report a dropped message (also used for rejected ``*_info`` messages)."""
+        self.drops[reason] += 1
+        if self._on_drop is not None:
+            self._on_drop(reason, detail)
+        return []
 
     def _release_held(self) -> list[Chunk]:
-        held, self._held = self._held, []
+        held, self._held, self._held_bytes = self._held, [], 0
         return [chunk for stamp_ns, payload in held for chunk in self._decode(stamp_ns, payload)]
 
     def _decode(self, stamp_ns: int, payload: bytes) -> list[Chunk]:
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            return self._drop("oversized")
-        if stamp_ns <= 0:
-            return self._drop("bad_stamp")
         try:
             block = decode_pcm(payload, self.format)
+        except NonFiniteError as err:
+            return self.reject("non_finite", str(err))
         except PcmError as err:
-            return self._drop("non_finite" if "NaN" in str(err) else "bad_payload")
+            return self.reject("bad_payload", str(err))
         if not len(block):
-            return self._drop("empty")
+            return self.reject("empty")
+        off_timeline = self.guard.admit(stamp_ns, len(block))
+        if off_timeline is not None:
+            return self.reject(off_timeline, f"stamp {stamp_ns} ns")
         return self._chunker.push(stamp_ns, block)
-
-    def _drop(self, reason: str) -> list[Chunk]:
-        self.drops[reason] += 1
-        if self._on_drop is not None:
-            self._on_drop(reason)
-        return []

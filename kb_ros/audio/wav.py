@@ -2,8 +2,9 @@
 WAV files in and out, as the float32 ``[frames, channels]`` arrays used everywhere else.
 
 Reading accepts any PCM (8/16/24/32/64-bit) or float WAV that ``scipy.io.wavfile`` parses and
-turns every failure (not a WAV, corrupted header, truncated data) into one ``WavError`` that names
-the file, so callers never see a traceback from deep inside the parser.
+turns every failure (not a WAV, corrupted header, truncated data, a sample rate outside
+1-384 kHz, NaN or Inf samples) into one ``WavError`` that names the file, so callers never see a
+traceback from deep inside the parser nor pass garbage on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy.io import wavfile
 from scipy.signal import resample_poly
+
+from kb_ros.audio.pcm import SAMPLE_RATE_RANGE
 
 WRITE_FORMATS = ("S16LE", "F32LE")
 STREAMED_RIFF_SIZE = 0x7FFF0000
@@ -47,6 +50,25 @@ def _streamed_header(path: Path) -> bool:
     return riff_size >= STREAMED_RIFF_SIZE
 
 
+def _data_cut_short(path: Path) -> bool:
+    """
+    Return True when the ``data`` chunk declares more bytes than the file holds after it.
+
+    scipy reads such a last chunk up to the end of the file without a word.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fid:
+        offset = 12
+        while offset + 8 <= size:
+            fid.seek(offset)
+            header = fid.read(8)
+            chunk_size = int.from_bytes(header[4:8], "little")
+            if header[:4] == b"data":
+                return offset + 8 + chunk_size > size
+            offset += 8 + chunk_size + chunk_size % 2
+    return False
+
+
 def resample(audio: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     """Polyphase resampling along axis 0 (the rate ratio is reduced to lowest terms)."""
     if orig_rate == new_rate:
@@ -76,11 +98,15 @@ def read_wav(path: str | os.PathLike, sample_rate: int | None = 16000,
     # scipy only warns on a short data chunk and returns part of it: a truncated file, unless the
     # header holds the placeholder size that streaming writers (sox, espeak-ng to a pipe) leave.
     # Other warnings (unknown chunks skipped) are harmless.
-    if any("EOF" in str(w.message) for w in caught) and not _streamed_header(path):
+    short = any("EOF" in str(w.message) for w in caught) or _data_cut_short(path)
+    if short and not _streamed_header(path):
         raise WavError(f"{path}: truncated WAV file (data ends before the size in its header)")
-    if rate <= 0:
-        raise WavError(f"{path}: invalid sample rate {rate}")
+    if not SAMPLE_RATE_RANGE[0] <= rate <= SAMPLE_RATE_RANGE[1]:
+        raise WavError(f"{path}: sample rate {rate} Hz is outside {SAMPLE_RATE_RANGE[0]}-"
+                       f"{SAMPLE_RATE_RANGE[1]} Hz")
     audio = _to_float32(data if data.ndim == 2 else data[:, None])
+    if not np.isfinite(audio).all():
+        raise WavError(f"{path}: holds NaN or Inf samples")
     if mono and audio.shape[1] > 1:
         audio = audio.mean(axis=1, keepdims=True)
     if sample_rate is not None and sample_rate != rate:

@@ -91,6 +91,10 @@ class MessageCodec:
     def serialize(self, msg_type: str, msg: Any) -> bytes:
         return bytes(self.store.serialize_cdr(self.to_ros(msg_type, msg), msg_type))
 
+    def deserialize(self, msg_type: str, data: bytes) -> Any:
+        """Return the neutral message in CDR bytes; raise rosbags' SerdeError if malformed."""
+        return self.from_ros(msg_type, self.store.deserialize_cdr(data, msg_type))
+
 
 def _duration(ms: float | None) -> QosTime:
     """rosbag2's "not set" duration is 0; kb_ros uses None for it."""

@@ -267,7 +267,7 @@ class InProcessReplay:
         if self.matcher is not None:
             self.uplink.offer(chunk, due_ns)
             self._deliver(due_ns)
-            hint = self.matcher.on_chunk(chunk.stamp_ns)
+            hint = self.matcher.on_chunk(chunk.stamp_ns, chunk.audio)
         t0 = time.perf_counter()
         out = self.small.process(chunk.audio, hint)
         compute_ms = (time.perf_counter() - t0) * 1e3

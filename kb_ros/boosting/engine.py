@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from kb_ros.boosting.hint_matcher import MatchedHint
+from kb_ros.boosting.limiter import DEFAULT_OUTPUT_MARGIN_DB, OutputLimiter
 from kb_ros.boosting.stats import LatencyStats
 from kb_ros.models.model import StreamingModel
 from kb_ros.models.traced import TracedStep
@@ -33,11 +34,14 @@ class ChunkEngine:
 
     Input channels are adapted to what the model was trained on (mixed down or repeated).
     The output is made safe: a non-finite model output is replaced by silence and the model
-    state is reset (counted), and samples are clipped to full scale. ``traced`` runs the
-    bit-identical TorchScript step (``kb_ros.models.traced``), about a third faster per chunk.
+    state is reset (counted); an ``OutputLimiter`` keeps it within ``output_margin_db`` of the
+    input it estimates and within full scale (None turns it off: raw model output, clipped).
+    ``traced`` runs the bit-identical TorchScript step (``kb_ros.models.traced``), about a
+    third faster per chunk.
     """
 
-    def __init__(self, model: StreamingModel, *, threads: int = 1, traced: bool = True) -> None:
+    def __init__(self, model: StreamingModel, *, threads: int = 1, traced: bool = True,
+                 output_margin_db: float | None = DEFAULT_OUTPUT_MARGIN_DB) -> None:
         if threads > 0:
             torch.set_num_threads(threads)
         self.model = model.eval()
@@ -47,6 +51,7 @@ class ChunkEngine:
         self.sources = cfg.n_sources
         self.chunk_frames = 128
         self.counters = EngineCounters()
+        self.limiter = OutputLimiter(output_margin_db) if output_margin_db is not None else None
         self._state = None
         self._mix = torch.zeros(1, self.in_channels, self.chunk_frames)
         self._hint = torch.zeros(1, self.sources, self.chunk_frames)
@@ -68,6 +73,8 @@ class ChunkEngine:
             self.process(silence, hint)
         self.reset()
         self.counters = EngineCounters()
+        if self.limiter is not None:
+            self.limiter.reset()
 
     @property
     def uses_hints(self) -> bool:
@@ -80,7 +87,8 @@ class ChunkEngine:
     def process(self, chunk: np.ndarray, hint: MatchedHint | None = None) -> np.ndarray:
         """One input chunk ``[128, channels]`` in, one output chunk ``[128, sources]`` out."""
         t0 = time.perf_counter()
-        self._mix[0].copy_(torch.from_numpy(self._adapt_channels(chunk).T))
+        mix = adapt_channels(chunk, self.in_channels)
+        self._mix[0].copy_(torch.from_numpy(mix.T))
         with torch.inference_mode():
             if hint is not None and self.uses_hints:
                 self._hint[0].copy_(torch.from_numpy(np.ascontiguousarray(hint.audio.T)))
@@ -94,15 +102,18 @@ class ChunkEngine:
             self.counters.non_finite_outputs += 1
             self.reset()
             result = np.zeros_like(result)
+        if self.limiter is not None:
+            result = self.limiter.process(result, mix)
         np.clip(result, -1.0, 1.0, out=result)
         self.counters.chunks += 1
         self.counters.compute_ms.add((time.perf_counter() - t0) * 1e3)
         return result
 
-    def _adapt_channels(self, chunk: np.ndarray) -> np.ndarray:
-        channels = chunk.shape[1]
-        if channels == self.in_channels:
-            return chunk
-        if self.in_channels == 1:
-            return chunk.mean(axis=1, keepdims=True)
-        return np.repeat(chunk[:, :1], self.in_channels, axis=1)
+
+def adapt_channels(chunk: np.ndarray, in_channels: int) -> np.ndarray:
+    """Fit ``[frames, channels]`` audio to a model's input channels: mix down or repeat."""
+    if chunk.shape[1] == in_channels:
+        return chunk
+    if in_channels == 1:
+        return chunk.mean(axis=1, keepdims=True)
+    return np.repeat(chunk[:, :1], in_channels, axis=1)

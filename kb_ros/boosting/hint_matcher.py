@@ -4,6 +4,10 @@ HintMatcher: picks, for each audio chunk, the freshest usable hint; never waits 
 A hint carries the stamp of the audio chunk it was computed from. Its age is the distance, in
 chunks of the device's capture clock, between the chunk being processed and that stamp: exact,
 and immune to clock skew between machines since both stamps come from the device.
+
+A hint is the large model's estimate of the target in the input it heard, so it cannot
+plausibly be much louder than that input: the matcher learns each chunk's input energy and
+rejects hints beyond it by more than a margin (a glitching or hostile producer).
 """
 
 from __future__ import annotations
@@ -14,7 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kb_ros.audio.clock import CHUNK_FRAMES, SAMPLE_RATE, NS_PER_S
-from kb_ros.audio.pcm import AudioFormat, PcmError, decode_pcm
+from kb_ros.audio.pcm import AudioFormat, NonFiniteError, PcmError, decode_pcm
+from kb_ros.audio.stream import MAX_PAYLOAD_BYTES
+from kb_ros.boosting.limiter import ENERGY_FLOOR_DBFS, db_to_power, split_energy
+from kb_ros.models.filterbank import OUTPUT_DELAY_SAMPLES
+
+DEFAULT_HINT_ENERGY_MARGIN_DB = 10.0
 
 
 @dataclass(frozen=True)
@@ -60,26 +69,46 @@ class HintMatcher:
     NaN/Inf, or from a producer the model was not trained with are invalid (dropped, counted);
     a second hint for the same stamp is a duplicate. A hint may arrive before its own chunk (a
     fast link and a slow device): it waits, up to ``max_early_chunks`` ahead.
+
+    A hint louder than the input it estimates by more than ``energy_margin_db`` is invalid
+    (``implausible_energy``; None turns the check off). The large model's output is its input
+    delayed by ``delay_frames``, so the hint for stamp s covers the input's last
+    ``delay_frames`` before s and the chunk's first ``chunk_frames - delay_frames``; input
+    quieter than ``ENERGY_FLOOR_DBFS`` counts as that level.
     """
 
     def __init__(self, min_age: int, max_age: int, *, sources: int = 1,
                  accepted_producers: frozenset[str] | None = None, history_chunks: int = 64,
                  max_early_chunks: int = 4, chunk_frames: int = CHUNK_FRAMES,
-                 sample_rate: int = SAMPLE_RATE) -> None:
+                 sample_rate: int = SAMPLE_RATE,
+                 energy_margin_db: float | None = DEFAULT_HINT_ENERGY_MARGIN_DB,
+                 delay_frames: int = OUTPUT_DELAY_SAMPLES) -> None:
         if not 0 <= min_age <= max_age < history_chunks:
             raise ValueError(f"need 0 <= min_age <= max_age < history_chunks, got "
                              f"{min_age}, {max_age}, {history_chunks}")
+        if not 0 <= delay_frames < chunk_frames:
+            raise ValueError(f"need 0 <= delay_frames < chunk_frames, got {delay_frames}")
         self.min_age, self.max_age = min_age, max_age
         self.sources = sources
         self.accepted_producers = accepted_producers
         self.max_early_chunks = max_early_chunks
         self.chunk_frames = chunk_frames
+        self.sample_rate = sample_rate
         self.chunk_ns = chunk_frames * NS_PER_S / sample_rate
+        self.delay_frames = delay_frames
+        self._energy_ratio = None if energy_margin_db is None else db_to_power(energy_margin_db)
+        self._floor_power = db_to_power(ENERGY_FLOOR_DBFS)
         self.counters = HintCounters()
         self._history: deque[int] = deque(maxlen=history_chunks)
-        self._known: set[int] = set()
+        self._input_power: dict[int, float] = {}  # known stamps -> power of the hint's input
+        self._previous_tail: tuple[int, float] | None = None  # last chunk's stamp, tail energy
         self._seen: set[int] = set()
         self._pending: dict[int, np.ndarray] = {}
+
+    @property
+    def pending(self) -> int:
+        """Hints kept, waiting to be used (bounded: see ``offer``'s overflow rule)."""
+        return len(self._pending)
 
     @property
     def newest_stamp_ns(self) -> int | None:
@@ -88,6 +117,14 @@ class HintMatcher:
     def age_of(self, stamp_ns: int) -> int:
         """Age in chunks of a hint for ``stamp_ns`` relative to the newest chunk."""
         return round((self._history[-1] - stamp_ns) / self.chunk_ns)
+
+    def check_format(self, fmt: AudioFormat) -> AudioFormat:
+        """Return a hint stream's announced format if its hints can fit; else raise PcmError."""
+        fmt.validate()
+        if fmt.sample_rate != self.sample_rate or fmt.channels != self.sources:
+            raise PcmError(f"hints of {fmt.channels} channel(s) at {fmt.sample_rate} Hz cannot "
+                           f"serve a model of {self.sources} source(s) at {self.sample_rate} Hz")
+        return fmt
 
     def offer(self, stamp_ns: int, audio: np.ndarray, producer: str | None) -> str | None:
         """Validate and store a hint; return the drop reason, or None if it was kept."""
@@ -105,39 +142,55 @@ class HintMatcher:
         if len(self._pending) > self.max_age + self.max_early_chunks:
             return self._invalid("overflow")
         age = self.age_of(stamp_ns)
-        if stamp_ns not in self._known and not -self.max_early_chunks <= age < 0:
+        known = stamp_ns in self._input_power
+        if not known and not -self.max_early_chunks <= age < 0:
             return self._invalid("unknown_stamp")
         if age > self.max_age:
             self._seen.add(stamp_ns)
             self.counters.late += 1
             return "late"
+        if known and self._implausible(stamp_ns, audio):
+            return self._invalid("implausible_energy")
         self._pending[stamp_ns] = audio
         return None
 
     def offer_pcm(self, stamp_ns: int, payload: bytes, fmt: AudioFormat,
                   producer: str | None) -> str | None:
         """Decode a hint message's PCM payload in ``fmt`` and offer it (see ``offer``)."""
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return self._invalid("oversized")
         try:
             audio = decode_pcm(payload, fmt)
+        except NonFiniteError:
+            return self._invalid("non_finite")
         except PcmError:
             return self._invalid("bad_payload")
         return self.offer(stamp_ns, audio, producer)
 
-    def on_chunk(self, stamp_ns: int) -> MatchedHint | None:
-        """Register the chunk about to be processed and return the hint to use with it."""
-        if self._history and len(self._history) == self._history.maxlen:
-            oldest = self._history[0]
-            self._known.discard(oldest)
-            self._seen.discard(oldest)
+    def on_chunk(self, stamp_ns: int, audio: np.ndarray) -> MatchedHint | None:
+        """
+        Register the chunk about to be processed and return the hint to use with it.
+
+        ``audio`` ``[frames, channels]`` is the chunk's input: its energy bounds its hint's.
+        """
+        if len(self._history) == self._history.maxlen:
+            oldest = self._history.popleft()
+            if oldest not in self._history:  # a stamp seen twice stays known until both go
+                self._input_power.pop(oldest, None)
+                self._seen.discard(oldest)
         self._history.append(stamp_ns)
-        self._known.add(stamp_ns)
+        self._input_power[stamp_ns] = self._hint_input_power(stamp_ns, audio)
         self.counters.chunks += 1
+        early = self._pending.get(stamp_ns)
+        if early is not None and self._implausible(stamp_ns, early):
+            del self._pending[stamp_ns]
+            self._invalid("implausible_energy")
         best: tuple[int, int] | None = None
         for hint_stamp in list(self._pending):
             age = self.age_of(hint_stamp)
             if age < 0:
                 continue
-            if hint_stamp not in self._known:
+            if hint_stamp not in self._input_power:
                 del self._pending[hint_stamp]
                 self._invalid("unknown_stamp")
             elif age > self.max_age:
@@ -154,6 +207,23 @@ class HintMatcher:
         self.counters.hits += 1
         self.counters.age_histogram[age] += 1
         return MatchedHint(hint_stamp, self._pending.pop(hint_stamp), age)
+
+    def _hint_input_power(self, stamp_ns: int, audio: np.ndarray) -> float:
+        """Mean power of the input a hint for this chunk covers (see the class docstring)."""
+        head, tail = split_energy(audio, self.delay_frames)
+        frames = self.chunk_frames - self.delay_frames
+        previous, self._previous_tail = self._previous_tail, (stamp_ns, tail)
+        if previous is not None and round((stamp_ns - previous[0]) / self.chunk_ns) == 1:
+            head, frames = head + previous[1], self.chunk_frames
+        return head / frames
+
+    def _implausible(self, stamp_ns: int, audio: np.ndarray) -> bool:
+        """Return True if a hint is louder than its input by more than the margin."""
+        if self._energy_ratio is None:
+            return False
+        loudest = float(np.einsum("fs,fs->s", audio, audio).max()) / len(audio)
+        allowed = max(self._input_power[stamp_ns], self._floor_power) * self._energy_ratio
+        return loudest > allowed
 
     def _invalid(self, reason: str) -> str:
         self.counters.invalid[reason] += 1

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 from kb_ros.cli.bag import add_bag_parser
+from kb_ros.cli.bench import add_bench_parser
+from kb_ros.cli.faults import add_faults_parser
+from kb_ros.cli.keys import add_keys_parser
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -24,6 +27,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.table or args.complexity:
+        from kb_ros.cli.results import run_results
+
+        return run_results(args)
+    if args.mix is None or args.ref is None:
+        raise ValueError("give --mix and --ref, or --table, or --complexity")
     from kb_ros.cli.evaluate import evaluate_files
 
     result = evaluate_files(args.mix, args.ref, args.delay_chunks)
@@ -73,11 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-plot", action="store_true", help="skip the PNG")
     demo.set_defaults(run=_demo)
 
-    ev = sub.add_parser("eval", help="score the chunk pipeline offline on one mixture")
-    ev.add_argument("--mix", type=Path, required=True, help="noisy input WAV")
-    ev.add_argument("--ref", type=Path, required=True, help="clean reference WAV")
+    ev = sub.add_parser("eval", help="score the chunk pipeline offline: a mixture, or the "
+                        "results table")
+    ev.add_argument("--mix", type=Path, help="noisy input WAV")
+    ev.add_argument("--ref", type=Path, help="clean reference WAV")
     ev.add_argument("--delay-chunks", type=int, default=6, help="hint delay in 8 ms chunks")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--table", action="store_true",
+                    help="every model on the test split: write --out and a PNG beside it")
+    ev.add_argument("--complexity", action="store_true",
+                    help="print params, MACs and step time per chunk of every preset")
+    ev.add_argument("--data", type=Path, default=Path("data/se"), help="corpus with test.npz")
+    ev.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"), help="--table page")
+    ev.add_argument("--examples", type=int, help="first N test examples (default: all)")
+    ev.add_argument("--workers", type=int, default=2, help="processes evaluating rows")
+    ev.add_argument("--model", action="append", default=[], metavar="ROLE=MODEL",
+                    help="model of a role (small, medium, small_gc, large, kb, kb_d4, kb_gc): "
+                    "shipped name or checkpoint path")
+    ev.add_argument("--timing-steps", type=int, default=1000, help="steps timed per preset")
     ev.set_defaults(run=_eval)
 
     data = sub.add_parser("data", help="synthesize a training corpus (TTS speech + noise)")
@@ -94,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(run=_data)
 
     tr = sub.add_parser("train", help="train (or resume) a model preset on a corpus")
-    tr.add_argument("preset", help="small, medium, kb, large, large_cpu")
+    tr.add_argument("preset", help="small, medium, small_gc, kb, kb_d4, kb_gc, large, large_cpu")
     tr.add_argument("--data", type=Path, required=True, help="corpus folder from kb-ros data")
     tr.add_argument("--out", type=Path, required=True, help="run folder (resumes if present)")
     tr.add_argument("--large-model", type=Path, help="frozen hint producer (kb preset)")
@@ -113,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(run=_train)
 
     add_bag_parser(sub)
+    add_bench_parser(sub)
+    add_faults_parser(sub)
+    add_keys_parser(sub)
     return parser
 
 

@@ -113,6 +113,42 @@ def build_corpus(out_dir: str | Path, split: str, n_examples: int, seconds: floa
     return npz_path
 
 
+def split_contents(recipe: dict) -> tuple[set[str], set[str]]:
+    """Voices and sentence texts a built split uses: its talkers and babble talkers alike."""
+    voices: set[str] = set()
+    texts: set[str] = set()
+    split = recipe["split"]
+    for example in recipe["examples"]:
+        voices.update(example["voices"])
+        texts.update(text.sentence(split, i) for ids in example["text_ids"] for i in ids)
+        for talker in example["noise"].get("babble", []):
+            voices.add(talker["voice"])
+            texts.add(text.sentence(split, talker["text_id"]))
+    return voices, texts
+
+
+def check_disjoint(data_dir: str | Path, splits: Iterable[str] = text.SPLITS) -> list[str]:
+    """
+    Check that the built splits in ``data_dir`` share no voice and no sentence.
+
+    Returns the splits checked; raises ``ValueError`` naming what two splits share.
+    """
+    contents = {}
+    for split in splits:
+        path = Path(data_dir) / f"{split}.json"
+        if path.exists():
+            contents[split] = split_contents(json.loads(path.read_text()))
+    names = sorted(contents)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            voices = contents[first][0] & contents[second][0]
+            texts = contents[first][1] & contents[second][1]
+            if voices or texts:
+                raise ValueError(f"{data_dir}: {first} and {second} share {len(voices)} voices "
+                                 f"({sorted(voices)[:3]}) and {len(texts)} sentences")
+    return names
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory")

@@ -17,6 +17,8 @@ from kb_ros.models.config import ModelConfig
 from kb_ros.models.filterbank import HintAnalysis, spectral_features
 from kb_ros.models.state import BlockState, FusionState, KVCache
 
+GROUP_EXCHANGE_FACTOR = 2  # hidden width of the group exchange, in group widths
+
 
 class CausalConv2d(nn.Module):
     """
@@ -45,9 +47,10 @@ class GridBlock(nn.Module):
     Each path is LayerNorm -> sequence model -> linear -> residual; all are causal in time.
     """
 
-    def __init__(self, config: ModelConfig, n_freqs: int) -> None:
+    def __init__(self, config: ModelConfig, n_freqs: int, dim: int | None = None) -> None:
+        """``dim``: the block's width, ``config.emb_dim`` unless the block is shared by groups."""
         super().__init__()
-        dim, hidden = config.emb_dim, config.lstm_hidden
+        dim, hidden = dim or config.emb_dim, config.lstm_hidden
         self.intra_norm = nn.LayerNorm(dim)
         self.intra_rnn = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
         self.intra_proj = nn.Linear(2 * hidden, dim)
@@ -87,6 +90,65 @@ class GridBlock(nn.Module):
             y, cache = self.attention(x, KVCache(keys, values, offsets), state.attention)
             x = x + y
         return x, BlockState(h, c, cache)
+
+
+class GroupExchange(nn.Module):
+    """
+    Transform-average-concatenate across groups, per frame and bin: how groups communicate.
+
+    Each group is transformed by one shared layer, the mean over groups is transformed again and
+    concatenated to every group, and a last shared layer maps back to the group width (residual).
+    That last layer is applied as two halves (own part per group, mean part once, broadcast):
+    the same function as on the concatenation, without copying the mean G times.
+    Frame-local, so it adds no state and no latency.
+    """
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.transform = nn.Sequential(nn.Linear(width, hidden), nn.PReLU())
+        self.average = nn.Sequential(nn.Linear(hidden, hidden), nn.PReLU())
+        self.from_own = nn.Linear(hidden, width)
+        self.from_mean = nn.Linear(hidden, width, bias=False)
+        self.activation = nn.PReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [..., G, width]`` -> same shape."""
+        y = self.transform(self.norm(x))
+        mean = self.average(y.mean(dim=-2, keepdim=True))
+        return x + self.activation(self.from_own(y) + self.from_mean(mean))
+
+
+class GroupCommBlock(nn.Module):
+    """
+    GroupComm block: the D channels as G groups, exchanged, then one grid block shared by all.
+
+    The shared block sees the groups as extra batch entries, so its parameters are those of a
+    block of width D/G and its time-LSTM state is ``[B*G*F, H]``: a ``BlockState`` like any
+    other. Compute grows with G while parameters do not.
+    """
+
+    def __init__(self, config: ModelConfig, n_freqs: int) -> None:
+        super().__init__()
+        self.groups, width = config.groups, config.group_dim
+        self.exchange = GroupExchange(width, GROUP_EXCHANGE_FACTOR * width)
+        self.shared = GridBlock(config, n_freqs, dim=width)
+
+    def initial_state(self, batch: int, like: Tensor) -> BlockState:
+        return self.shared.initial_state(batch * self.groups, like)
+
+    def forward(self, x: Tensor, state: BlockState) -> tuple[Tensor, BlockState]:
+        batch, frames, n_freqs, dim = x.shape
+        groups = self.exchange(x.unflatten(-1, (self.groups, -1)))  # [B, T, F, G, W]
+        folded = groups.permute(0, 3, 1, 2, 4).reshape(batch * self.groups, frames, n_freqs, -1)
+        y, state = self.shared(folded, state)
+        y = y.view(batch, self.groups, frames, n_freqs, -1).permute(0, 2, 3, 1, 4)
+        return y.reshape(batch, frames, n_freqs, dim), state
+
+
+def make_block(config: ModelConfig, n_freqs: int) -> GridBlock | GroupCommBlock:
+    """Build the block a config asks for: plain, or GroupComm when ``config.groups`` > 1."""
+    return GroupCommBlock(config, n_freqs) if config.groups > 1 else GridBlock(config, n_freqs)
 
 
 class EncodedHint(NamedTuple):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kb_ros.models.blocks import CausalConv2d, GridBlock, HintEncoder, HintFusion
+from kb_ros.models.blocks import CausalConv2d, HintEncoder, HintFusion, make_block
 from kb_ros.models.config import ModelConfig
 from kb_ros.models.filterbank import (HOP, LOOKAHEAD, N_FREQS, StftAnalysis, StftSynthesis,
                                       spectral_features)
@@ -22,6 +22,8 @@ from kb_ros.models.state import State
 class StreamingModel(nn.Module):
     """
     Causal streaming TF-GridNet-style enhancer/separator, optionally fusing hint audio.
+
+    Its blocks are plain grid blocks or, with ``config.groups`` > 1, GroupComm blocks.
 
     ``forward(mix, used_hint, hint_age, state)``:
 
@@ -42,7 +44,7 @@ class StreamingModel(nn.Module):
         self.analysis = StftAnalysis()
         self.synthesis = StftSynthesis()
         self.encoder = CausalConv2d(2 * config.in_channels, dim, (3, 3))
-        self.blocks = nn.ModuleList(GridBlock(config, N_FREQS) for _ in range(config.n_blocks))
+        self.blocks = nn.ModuleList(make_block(config, N_FREQS) for _ in range(config.n_blocks))
         self.fusions = nn.ModuleList(HintFusion(config, N_FREQS) for _ in config.fusion_after)
         self.hint_encoder = HintEncoder(config) if config.uses_hints else None
         self.decoder = CausalConv2d(dim, 2 * config.n_sources, (3, 3))

@@ -10,6 +10,11 @@ not speed these models up, so it is used here, for inference only.
 A trace bakes in the batch size, the chunk length (one chunk) and whether a hint is given, so
 there are two traces (with and without a hint). The state is carried as a flat tuple of
 tensors; ``unpack``/``pack`` convert from and to ``State``.
+
+``freeze`` folds the weights into the graphs (``torch.jit.freeze``) and ``optimize`` also runs
+``torch.jit.optimize_for_inference``: measured no faster for these models (``kb-ros bench``,
+docs/BENCHMARKS.md), and a frozen step no longer sees later changes to the model's weights, so
+the engine uses neither.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ class TracedStep:
     (None at the start of a stream). Build it after the weights are final, in eval mode.
     """
 
-    def __init__(self, model: StreamingModel, batch: int = 1) -> None:
+    def __init__(self, model: StreamingModel, batch: int = 1, freeze: bool = False,
+                 optimize: bool = False) -> None:
         self.model, self.batch = model, batch
         param = next(model.parameters())
         self._template = model.initial_state(batch, param.device, param.dtype)
@@ -67,6 +73,20 @@ class TracedStep:
                 self._hinted = torch.jit.trace(_Step(model, self._template, hinted=True),
                                                (mix, hint, age, *self._initial),
                                                check_trace=False)
+        if freeze or optimize:
+            self._plain = self._frozen(self._plain, optimize)
+            if self._hinted is not None:
+                self._hinted = self._frozen(self._hinted, optimize)
+
+    @staticmethod
+    def _frozen(graph: torch.jit.ScriptModule, optimize: bool) -> torch.jit.ScriptModule:
+        frozen = torch.jit.freeze(graph.eval())
+        return torch.jit.optimize_for_inference(frozen) if optimize else frozen
+
+    def op_count(self, hinted: bool = True) -> int:
+        """Count the aten ops one step runs (each costs microseconds of dispatch on a CPU)."""
+        graph = self._hinted if hinted and self._hinted is not None else self._plain
+        return sum(node.kind().startswith("aten::") for node in graph.inlined_graph.nodes())
 
     def initial_state(self) -> PackedState:
         return self._initial

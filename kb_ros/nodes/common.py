@@ -68,18 +68,17 @@ def declare_all(backend: Backend, specs: list[ParamSpec]) -> dict[str, Any]:
     return values
 
 
-def adopt_format(stream: PcmChunkStream, msg: AudioInfoMsg, logger: Logger,
-                 topic: str) -> list[Chunk]:
+def adopt_format(stream: PcmChunkStream, msg: AudioInfoMsg, topic: str) -> list[Chunk]:
     """
-    Switch an input stream to the format an ``*_info`` message announces, or log why not.
+    Switch an input stream to the format an ``*_info`` message announces.
 
-    Returns the chunks of audio that waited for the format.
+    Returns the chunks of audio that waited for the format. An unusable format leaves the
+    stream as it was and counts as the stream's drop ``bad_info`` (logged by its ``on_drop``).
     """
     try:
         return stream.set_format(msg.to_format())
     except PcmError as err:
-        logger.error(f"ignoring {topic}: {err}")
-        return []
+        return stream.reject("bad_info", f"{topic}: {err}")
 
 
 def audio_input(logger: Logger, drop_log: DropLog) -> PcmChunkStream:

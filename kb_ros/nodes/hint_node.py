@@ -1,35 +1,96 @@
 """
-hint_node: the workstation side.
+hint_node: the workstation side, one large model serving one or many device streams.
 
-Runs the large model on each chunk and publishes its output audio as the hint for that chunk,
-carrying the chunk's exact stamp.
+Each stream is a namespace (parameter ``streams``, relative to the node's like any ROS name):
+the node subscribes ``<stream>/audio`` (+ ``audio_info``) and publishes the large model's output
+for each chunk on ``<stream>/hints``, stamped with that chunk's exact stamp (+ latched
+``hint_info`` naming the model). The default, ``['']``, is the node's own namespace.
 
-audio -> [PcmChunkStream] -> [ChunkEngine(large)] -> hints (+ latched hint_info naming the model)
+<stream>/audio -> [PcmChunkStream] -> [HintServer: queue, micro-batch] -> <stream>/hints
+                                              [BatchedEngine(large)]
+
+Audio callbacks only queue chunks and ask for a step with ``call_soon``; the step runs every
+stream with a queued chunk as one batch, so streams that arrive while a step runs share the
+next one and no stream ever waits for another.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 from kb_ros.audio.clock import CHUNK_MS, Chunk
-from kb_ros.audio.pcm import AudioFormat, encode_pcm
-from kb_ros.boosting.engine import ChunkEngine
-from kb_ros.boosting.hint_format import HintStreamInfo
+from kb_ros.audio.pcm import encode_pcm
+from kb_ros.audio.stream import PcmChunkStream
+from kb_ros.boosting.batched_engine import BatchedEngine
+from kb_ros.boosting.hint_format import (DEFAULT_HINT_FORMAT, HINT_FORMATS, HintStreamInfo,
+                                         hint_audio_format)
+from kb_ros.boosting.hint_server import HintServer, StreamCounters
 from kb_ros.models.shipped import load_model_and_manifest
 from kb_ros.nodes.common import (ERROR, OK, WARN, DropLog, RateMeter, adopt_format,
                                  audio_input, compute_budget_params, declare_all)
 from kb_ros.nodes.runner import run_node
 from kb_ros.transport import qos
-from kb_ros.transport.backend import Backend, DiagnosticReport, ParamSpec
+from kb_ros.transport.backend import Backend, DiagnosticReport, Logger, ParamSpec, Publisher
 from kb_ros.transport.messages import AUDIO_INFO, AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
+from kb_ros.transport.ros_args import expand_topic_name
 
+MAX_STREAMS = 64
+ACTIVE_WINDOW_NS = 1_000_000_000  # a stream with a chunk this recent counts as active
 
 PARAMS = [
     ParamSpec("model", "large", "Shipped model name or checkpoint path of the large model",
               read_only=True),
-    ParamSpec("hint_format", "S16LE", "PCM format of `hints` (S16LE: 256 kbit/s per source)",
-              read_only=True, choices=("F32LE", "S16LE")),
+    ParamSpec("hint_format", DEFAULT_HINT_FORMAT, "Coding of `hints`: MULAW (G.711 mu-law, "
+              "128 kbit/s per source), S16LE (256) or F32LE (512); docs/BENCHMARKS.md",
+              read_only=True, choices=tuple(HINT_FORMATS)),
     ParamSpec("threads", 1, "Torch intra-op threads", read_only=True, int_range=(1, 64)),
+    ParamSpec("device", "cpu", "Torch device of the large model: cpu, cuda or cuda:N (one "
+              "hint_node per GPU)", read_only=True),
+    ParamSpec("streams", [""], "Device streams served, one namespace each, relative to the "
+              "node's or absolute: '<ns>/audio' in, '<ns>/hints' out; '' is the node's own "
+              f"namespace (at most {MAX_STREAMS})", read_only=True),
+    ParamSpec("max_queue_chunks", 125, "Chunks a stream may queue while the model is busy "
+              "(125: 1 s, so a brief stall is caught up); beyond, its oldest is dropped "
+              "(counted). 8, the largest hint age, favours fresh hints on an overloaded server",
+              read_only=True, int_range=(1, 1250)),
     *compute_budget_params(warn_ratio=0.8),
 ]
+
+
+class _StreamLogger:
+    """Prefixes a stream's name to the node logger's lines, so drops name their stream."""
+
+    def __init__(self, logger: Logger, name: str) -> None:
+        self._logger, self._prefix = logger, f"{name}: "
+
+    def info(self, msg: str) -> Any:
+        return self._logger.info(self._prefix + msg)
+
+    def warning(self, msg: str) -> Any:
+        return self._logger.warning(self._prefix + msg)
+
+    def error(self, msg: str) -> Any:
+        return self._logger.error(self._prefix + msg)
+
+
+@dataclass
+class DeviceStream:
+    """One served device: its input, its hint publisher and what diagnostics compare against."""
+
+    name: str  # the resolved namespace, for logs and diagnostics
+    input: PcmChunkStream
+    drop_log: DropLog
+    hints_pub: Publisher
+    rate: RateMeter
+    frame_id: str = ""
+    last_chunk_ns: int = 0
+    reported_problems: dict[str, int] = field(default_factory=dict)
+
+
+def stream_topic(stream: str, name: str) -> str:
+    """Return topic ``name`` in a stream's namespace as given (relative, absolute, '' = own)."""
+    return f"{stream.rstrip('/')}/{name}" if stream else name
 
 
 class HintNode:
@@ -37,55 +98,150 @@ class HintNode:
         self.backend = backend
         self.log = backend.get_logger()
         self.params = declare_all(backend, PARAMS)
+        names = self._stream_names(self.params["streams"])
         model, manifest = load_model_and_manifest(self.params["model"])
         self.model_id = manifest["model_id"]
-        self.engine = ChunkEngine(model, threads=self.params["threads"])
-        self.input = audio_input(self.log, DropLog(self.log))
-        self.frame_id = ""
-        self.hint_format = AudioFormat(channels=self.engine.sources,
-                                       sample_format=self.params["hint_format"])
-        self.hints_pub = backend.create_publisher(AUDIO_STAMPED, "hints", qos.HINT_PUB)
+        engine = BatchedEngine(model, len(names), threads=self.params["threads"],
+                               device=self.params["device"])
+        self.server = HintServer(engine, self.publish_hint,
+                                 max_queue_chunks=self.params["max_queue_chunks"])
+        self.hint_format = hint_audio_format(self.params["hint_format"], engine.sources)
         info = AudioInfoMsg.from_format(self.hint_format)
-        info.coding_format = HintStreamInfo(self.model_id).coding_format()
-        backend.create_publisher(AUDIO_INFO, "hint_info", qos.INFO_PUB).publish(info)
-        backend.create_subscription(AUDIO_INFO, "audio_info", self.on_audio_info, qos.INFO_SUB)
-        backend.create_subscription(AUDIO_STAMPED, "audio", self.on_audio, qos.AUDIO_SUB)
+        info.coding_format = HintStreamInfo(self.model_id, self.hint_format.coding).coding_format()
+        self.streams = [self._open_stream(index, stream, name, info)
+                        for index, (stream, name) in enumerate(names.items())]
+        self._step_requested = False
         self.chunk_rate = RateMeter(backend.now_ns)
         backend.add_diagnostic_task("hints", self.diagnose)
-        self.log.info(f"ready: model {self.model_id}, hints as {self.hint_format.sample_format}")
+        for index, stream in enumerate(self.streams):
+            backend.add_diagnostic_task(f"stream {stream.name}",
+                                        lambda index=index: self.diagnose_stream(index))
+        self.log.info(f"ready: model {self.model_id}, hints as {self.params['hint_format']} "
+                      f"for {len(self.streams)} stream(s): {', '.join(names.values())}")
 
-    def on_audio_info(self, msg: AudioInfoMsg) -> None:
-        self.process(adopt_format(self.input, msg, self.log, "audio_info"))
+    def _stream_names(self, streams: Any) -> dict[str, str]:
+        """Validate ``streams``; map each entry to its resolved namespace (ValueError if bad)."""
+        if (not isinstance(streams, list) or not 1 <= len(streams) <= MAX_STREAMS
+                or not all(isinstance(s, str) for s in streams)):
+            raise ValueError(f"parameter 'streams' must list 1..{MAX_STREAMS} namespaces, "
+                             f"got {streams!r}")
+        names: dict[str, str] = {}
+        for stream in streams:
+            audio = expand_topic_name(stream_topic(stream, "audio"), self.backend.namespace,
+                                      self.backend.node_name)
+            name = audio.rpartition("/")[0] or "/"
+            if name in names.values():
+                raise ValueError(f"parameter 'streams' names {name} twice")
+            names[stream] = name
+        return names
 
-    def on_audio(self, msg: AudioChunkMsg) -> None:
-        self.frame_id = msg.frame_id
-        self.process(self.input.push(msg.stamp_ns, msg.data))
+    def _open_stream(self, index: int, stream: str, name: str,
+                     info: AudioInfoMsg) -> DeviceStream:
+        logger = _StreamLogger(self.log, name)
+        drop_log = DropLog(logger)
+        device = DeviceStream(name, audio_input(logger, drop_log), drop_log,
+                              self.backend.create_publisher(
+                                  AUDIO_STAMPED, stream_topic(stream, "hints"), qos.HINT_PUB),
+                              RateMeter(self.backend.now_ns))
+        self.backend.create_publisher(AUDIO_INFO, stream_topic(stream, "hint_info"),
+                                      qos.INFO_PUB).publish(info)
+        self.backend.create_subscription(
+            AUDIO_INFO, stream_topic(stream, "audio_info"),
+            lambda msg: self._queue(index, adopt_format(device.input, msg, "audio_info")),
+            qos.INFO_SUB)
+        self.backend.create_subscription(
+            AUDIO_STAMPED, stream_topic(stream, "audio"),
+            lambda msg: self.on_audio(index, msg), qos.AUDIO_SUB)
+        return device
 
-    def process(self, chunks: list[Chunk]) -> None:
-        """Run the large model on each chunk; its output is the hint for that chunk's stamp."""
-        for chunk in chunks:
-            hint = self.engine.process(chunk.audio)
-            self.hints_pub.publish(AudioChunkMsg(chunk.stamp_ns,
-                                                 encode_pcm(hint, self.hint_format),
-                                                 self.frame_id))
+    def on_audio(self, index: int, msg: AudioChunkMsg) -> None:
+        device = self.streams[index]
+        chunks = device.input.push(msg.stamp_ns, msg.data)
+        if chunks:  # a dropped message changes nothing, not even the frame_id
+            device.frame_id = msg.frame_id
+        self._queue(index, chunks)
+
+    def _queue(self, index: int, chunks: list[Chunk]) -> None:
+        """Queue a stream's chunks; one step is requested for everything queued meanwhile."""
+        if self._take(index, chunks) and not self._step_requested:
+            self._step_requested = True
+            self.backend.call_soon(self._step)
+
+    def _take(self, index: int, chunks: list[Chunk]) -> bool:
+        """Hand a stream's chunks to the server, logging any it drops; False if none."""
+        if not chunks:
+            return False
+        device = self.streams[index]
+        device.last_chunk_ns = self.backend.now_ns()
+        for _ in range(self.server.submit(index, chunks)):
+            device.drop_log("stale", "the server is behind: oldest queued chunk dropped")
+        return True
+
+    def _step(self) -> None:
+        """One batched step; if chunks remain, the next runs after newly arrived input is in."""
+        self._step_requested = False
+        self.server.step()
+        if self.server.pending:
+            self._step_requested = True
+            self.backend.call_soon(self._step)
+
+    def finish(self) -> None:
+        """At shutdown: serve every chunk received, audio still held for its format included."""
+        for index, device in enumerate(self.streams):
+            self._take(index, device.input.finish())
+        while self.server.pending:
+            self.server.step()
+
+    def publish_hint(self, index: int, hint: Chunk) -> None:
+        device = self.streams[index]
+        device.hints_pub.publish(AudioChunkMsg(hint.stamp_ns,
+                                               encode_pcm(hint.audio, self.hint_format),
+                                               device.frame_id))
 
     def diagnose(self) -> DiagnosticReport:
-        """Compute p99 of the large model against the chunk budget; thresholds are params."""
-        compute = self.engine.counters.compute_ms.summary()
-        ratio = compute["p99"] / CHUNK_MS
+        """Report the server: step time p99 against the chunk budget (thresholds are params)."""
+        stats = self.server.stats
+        step = stats.step_ms.summary()
+        ratio = step["p99"] / CHUNK_MS
         level, message = OK, "serving hints"
         if ratio > self.params["error_compute_ratio"]:
             level, message = ERROR, "large model slower than real time"
         elif ratio > self.params["warn_compute_ratio"]:
             level, message = WARN, "large model close to the chunk budget"
-        chunks = self.engine.counters.chunks
+        chunks = sum(counters.hints for counters in stats.streams)
+        now_ns = self.backend.now_ns()
+        wait = stats.wait_ms.summary()
         values = {"chunks": chunks, "chunk_rate_hz": self.chunk_rate.rate(chunks),
-                  "model": self.model_id,
-                  "compute_p50_ms": compute["p50"], "compute_p99_ms": compute["p99"],
+                  "model": self.model_id, "streams": len(self.streams),
+                  "streams_active": sum(now_ns - s.last_chunk_ns < ACTIVE_WINDOW_NS
+                                        for s in self.streams),
+                  "steps": stats.steps,
+                  "batch_mean": round(chunks / stats.steps, 3) if stats.steps else 0.0,
+                  "batch_max": int(stats.batch_size.max),
+                  "compute_p50_ms": step["p50"], "compute_p99_ms": step["p99"],
                   "compute_p99_ratio": round(ratio, 4),
-                  "input_drops": sum(self.input.drops.values())}
+                  "queue_wait_p50_ms": wait["p50"], "queue_wait_p99_ms": wait["p99"],
+                  "stale_drops": sum(counters.stale_drops for counters in stats.streams),
+                  "input_drops": sum(sum(s.input.drops.values()) for s in self.streams)}
+        return DiagnosticReport(level, message, values)
+
+    def diagnose_stream(self, index: int) -> DiagnosticReport:
+        """Report one stream: its chunks, hints and drops; WARN while it loses input or resets."""
+        device = self.streams[index]
+        counters: StreamCounters = self.server.stats.streams[index]
+        problems = {"input_drops": sum(device.input.drops.values()),
+                    "stale_drops": counters.stale_drops, "model_resets": counters.resets}
+        new = [name for name, n in problems.items()
+               if n > device.reported_problems.get(name, 0)]
+        device.reported_problems = problems
+        level, message = OK, "streaming" if counters.hints else "waiting for audio"
+        if new:
+            level, message = WARN, "new " + ", ".join(new)
+        values = {"chunks": counters.queued, "hints": counters.hints,
+                  "chunk_rate_hz": device.rate.rate(counters.queued),
+                  "queued": self.server.queued(index), **problems}
         values.update({f"input_drops.{reason}": n
-                       for reason, n in sorted(self.input.drops.items())})
+                       for reason, n in sorted(device.input.drops.items())})
         return DiagnosticReport(level, message, values)
 
 

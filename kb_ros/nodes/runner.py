@@ -15,7 +15,9 @@ def run_node(node_class: Callable[[Backend], object], node_name: str,
     Build the backend from ROS-style ``argv``, construct the node, spin until shutdown.
 
     Configuration errors (bad arguments, parameters, files or models) end the process with a
-    one-line message and exit status 2 instead of a traceback.
+    one-line message and exit status 2 instead of a traceback. On SIGINT/SIGTERM the backend
+    delivers what it already received, then the node's ``finish()`` (if any) publishes what
+    it still owes, before the middleware closes; ``close()`` (if any) releases the rest.
     """
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -30,7 +32,7 @@ def run_node(node_class: Callable[[Backend], object], node_name: str,
         backend.shutdown()
         sys.exit(2)
     try:
-        backend.spin()
+        backend.spin(before_close=getattr(node, "finish", None))
     finally:
         close = getattr(node, "close", None)
         if close is not None:

@@ -7,12 +7,17 @@ hints -> HintMatcher (validated, kept until used, late or superseded)
 
 from __future__ import annotations
 
+import math
+
 from kb_ros.audio.clock import CHUNK_MS, Chunk
 from kb_ros.audio.pcm import AudioFormat, PcmError, encode_pcm
+from kb_ros.boosting.catch_up import CatchUp
 from kb_ros.boosting.engine import ChunkEngine
-from kb_ros.boosting.hint_format import HintStreamInfo
-from kb_ros.boosting.hint_matcher import HintMatcher
+from kb_ros.boosting.hint_format import DEFAULT_HINT_FORMAT, HintStreamInfo, hint_audio_format
+from kb_ros.boosting.hint_matcher import DEFAULT_HINT_ENERGY_MARGIN_DB, HintMatcher
+from kb_ros.boosting.limiter import DEFAULT_OUTPUT_MARGIN_DB
 from kb_ros.boosting.stats import LatencyStats
+from kb_ros.models.filterbank import OUTPUT_DELAY_SAMPLES
 from kb_ros.models.shipped import load_model_and_manifest
 from kb_ros.nodes.common import (ERROR, OK, WARN, DropLog, RateMeter, adopt_format,
                                  audio_input, compute_budget_params, declare_all)
@@ -35,10 +40,33 @@ PARAMS = [
               "small model was not trained with degrade it)", read_only=True),
     ParamSpec("threads", 1, "Torch intra-op threads (1 is fastest for small models)",
               read_only=True, int_range=(1, 64)),
+    ParamSpec("output_margin_db", DEFAULT_OUTPUT_MARGIN_DB,
+              "Output limiter: each output chunk stays within this many dB of the input it "
+              "estimates (and within full scale); gain changes are ramped", read_only=True,
+              float_range=(0.0, 40.0)),
+    ParamSpec("hint_energy_margin_db", DEFAULT_HINT_ENERGY_MARGIN_DB,
+              "A hint louder than the input it estimates by more than this many dB is invalid",
+              read_only=True, float_range=(0.0, 60.0)),
     *compute_budget_params(warn_ratio=0.5),
     ParamSpec("warn_hit_rate", 0.5, "WARN when the hint hit rate falls below this",
               float_range=(0.0, 1.0)),
+    ParamSpec("max_lag_ms", 100.0, "A chunk processed this far behind the stream's best-case "
+              "latency skips the model (its input passes, delayed and scaled as the model's "
+              "output would be) until the node has caught up; 0: never", read_only=True,
+              float_range=(0.0, 10000.0)),
+    ParamSpec("deadline_ms", 16.0, "A chunk published this far behind the stream's best-case "
+              "latency counts as a deadline miss", read_only=True, float_range=(0.0, 10000.0)),
 ]
+
+
+def early_hint_chunks(max_lag_ms: float) -> int:
+    """
+    How far ahead of its chunk a hint may arrive and wait (HintMatcher's ``max_early_chunks``).
+
+    A node allowed to run ``max_lag_ms`` behind its input (before it catches up) receives
+    hints that much before it takes their chunks: they must wait, not be dropped as unknown.
+    """
+    return max(4, math.ceil(max_lag_ms / CHUNK_MS))
 
 
 class SmallNode:
@@ -47,22 +75,28 @@ class SmallNode:
         self.log = backend.get_logger()
         self.params = declare_all(backend, PARAMS)
         model, manifest = load_model_and_manifest(self.params["model"])
-        self.engine = ChunkEngine(model, threads=self.params["threads"])
+        self.engine = ChunkEngine(model, threads=self.params["threads"],
+                                  output_margin_db=self.params["output_margin_db"])
         self.sources = self.engine.sources
         producers = None if self.params["accept_any_hint_model"] else frozenset(
             manifest["recipe"].get("hint_producers", []))
         self.matcher = HintMatcher(max(model.config.min_age, 1) if self.engine.uses_hints else 1,
                                    max(model.config.max_age, 1) if self.engine.uses_hints else 1,
                                    sources=self.sources, accepted_producers=producers,
-                                   history_chunks=self.params["hint_history_chunks"])
+                                   history_chunks=self.params["hint_history_chunks"],
+                                   energy_margin_db=self.params["hint_energy_margin_db"],
+                                   max_early_chunks=early_hint_chunks(self.params["max_lag_ms"]))
         self.drop_log = DropLog(self.log)
         self.input = audio_input(self.log, self.drop_log)
         self.frame_id = ""
-        self.hint_format = AudioFormat(channels=self.sources, sample_format="S16LE")
+        self.hint_format = hint_audio_format(DEFAULT_HINT_FORMAT, self.sources)  # until hint_info
         self.hint_producer: str | None = None
         self.hint_state = "waiting"
+        self.hint_info_rejected = 0
         self.deadline_misses = 0
         self.latency_ms = LatencyStats()
+        self.catch_up = CatchUp(self.params["max_lag_ms"], self.params["deadline_ms"],
+                                OUTPUT_DELAY_SAMPLES, self.sources, self.engine.reset)
         self.out_format = AudioFormat(channels=self.sources,
                                       sample_format=self.params["output_format"])
 
@@ -82,17 +116,17 @@ class SmallNode:
                       f"{self.matcher.min_age}..{self.matcher.max_age} chunks")
 
     def on_audio_info(self, msg: AudioInfoMsg) -> None:
-        self.process(adopt_format(self.input, msg, self.log, "audio_info"))
+        self.process(adopt_format(self.input, msg, "audio_info"))
 
     def on_hint_info(self, msg: AudioInfoMsg) -> None:
         info = HintStreamInfo.parse(msg.coding_format)
         try:
-            fmt = msg.to_format()
+            if info is None:
+                raise PcmError(f"coding_format {msg.coding_format!r} is not a kb_ros hint")
+            fmt = self.matcher.check_format(msg.to_format())
         except PcmError as err:
-            self.log.error(f"ignoring hint_info: {err}")
-            return
-        if info is None:
-            self.log.error(f"hint_info coding_format {msg.coding_format!r} is not a kb_ros hint")
+            self.hint_info_rejected += 1
+            self.drop_log("bad_hint_info", str(err))
             return
         self.hint_format, self.hint_producer = fmt, info.model_id
         accepted = self.matcher.accepted_producers
@@ -101,13 +135,16 @@ class SmallNode:
                              f"trained with hints from {sorted(accepted)} "
                              "(accept_any_hint_model overrides)")
         else:
-            self.log.info(f"hints from model {info.model_id} ({fmt.sample_format})")
+            self.log.info(f"hints from model {info.model_id} ({fmt.coding} {fmt.sample_format})")
 
     def on_hint(self, msg: AudioChunkMsg) -> None:
-        self.hint_state = "ok"
-        if not self.params["use_hints"]:
-            return
-        self.matcher.offer_pcm(msg.stamp_ns, msg.data, self.hint_format, self.hint_producer)
+        """Offer a hint; only a valid one (used, pending, late or repeated) means hints flow."""
+        outcome = None
+        if self.params["use_hints"]:
+            outcome = self.matcher.offer_pcm(msg.stamp_ns, msg.data, self.hint_format,
+                                             self.hint_producer)
+        if outcome in (None, "late", "duplicate"):
+            self.hint_state = "ok"
 
     def on_hints_stalled(self) -> None:
         self.hint_state = "stalled"
@@ -122,18 +159,29 @@ class SmallNode:
         self.log.warning(f"a hints publisher offers incompatible QoS ({policy}): not matched")
 
     def on_audio(self, msg: AudioChunkMsg) -> None:
-        self.frame_id = msg.frame_id
-        self.process(self.input.push(msg.stamp_ns, msg.data))
+        chunks = self.input.push(msg.stamp_ns, msg.data)
+        if chunks:  # a dropped message changes nothing, not even the frame_id
+            self.frame_id = msg.frame_id
+        self.process(chunks)
+
+    def finish(self) -> None:
+        """At shutdown: enhance and publish the audio still held for its format."""
+        self.process(self.input.finish())
 
     def process(self, chunks: list[Chunk]) -> None:
         """Enhance and publish each chunk at once, with the freshest usable hint."""
         for chunk in chunks:
-            hint = self.matcher.on_chunk(chunk.stamp_ns)
-            out = self.engine.process(chunk.audio, hint)
+            hint = self.matcher.on_chunk(chunk.stamp_ns, chunk.audio)
+            out = self.catch_up.bypass(chunk.audio,
+                                       (self.backend.now_ns() - chunk.stamp_ns) / 1e6)
+            if out is None:
+                out = self.engine.process(chunk.audio, hint)
             self.enhanced_pub.publish(AudioChunkMsg(chunk.stamp_ns,
                                                     encode_pcm(out, self.out_format),
                                                     self.frame_id))
-            self.latency_ms.add((self.backend.now_ns() - chunk.stamp_ns) / 1e6)
+            latency_ms = (self.backend.now_ns() - chunk.stamp_ns) / 1e6
+            self.latency_ms.add(latency_ms)
+            self.catch_up.published(out, latency_ms)
 
     def report(self) -> dict:
         """Everything the node counts, as one JSON-able dict (diagnostics and the CLI)."""
@@ -142,6 +190,10 @@ class SmallNode:
                 "compute_ms": self.engine.counters.compute_ms.summary(),
                 "stamp_to_publish_ms": self.latency_ms.summary(),
                 "non_finite_outputs": self.engine.counters.non_finite_outputs,
+                "limiter": vars(self.engine.limiter.counters),
+                "input_stamps": vars(self.input.guard.stats),
+                "hint_info_rejected": self.hint_info_rejected,
+                "catch_up": vars(self.catch_up.counters),
                 "hint_state": self.hint_state}
 
     def diagnose(self) -> DiagnosticReport:
@@ -171,7 +223,16 @@ class SmallNode:
                   "latency_p50_ms": report["stamp_to_publish_ms"]["p50"],
                   "latency_p99_ms": report["stamp_to_publish_ms"]["p99"],
                   "input_drops": sum(self.input.drops.values()),
-                  "non_finite_outputs": report["non_finite_outputs"]}
+                  "non_finite_outputs": report["non_finite_outputs"],
+                  "limited_chunks": report["limiter"]["limited_chunks"],
+                  "limiter_min_gain_db": round(report["limiter"]["min_gain_db"], 2),
+                  "input_gaps": report["input_stamps"]["gaps"],
+                  "input_reanchors": report["input_stamps"]["reanchors"],
+                  "hint_info_rejected": self.hint_info_rejected,
+                  "output_deadline_misses": self.catch_up.counters.deadline_misses,
+                  "bypassed_chunks": self.catch_up.counters.bypassed,
+                  "catch_ups": self.catch_up.counters.catch_ups,
+                  "max_lag_ms": self.catch_up.counters.max_lag_ms}
         values.update({f"invalid.{reason}": n for reason, n in sorted(hits.invalid.items())})
         values.update({f"input_drops.{reason}": n
                        for reason, n in sorted(self.input.drops.items())})

@@ -1,8 +1,11 @@
 """
 The training loop: resumable, checkpointing often, CPU by default and CUDA when present.
 
-One loop trains every preset. A ``kb`` model also needs the frozen large model's outputs on
-the same corpus (``precompute_hints``): they are computed once, not at every step.
+One loop trains every preset, for enhancement or separation: the number of sources comes from
+the corpus (``kb-ros data --task ss`` gives two, and models named ``<preset>_ss``), and the loss
+is permutation-invariant SI-SNR, which for one source is plain SI-SNR. A ``kb`` model also needs
+the frozen large model's outputs on the same corpus (``precompute_hints``): they are computed
+once, not at every step.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kb_ros.models.checkpoint import load_model, save_model
-from kb_ros.models.config import get_config
+from kb_ros.models.checkpoint import load_model, read_manifest, save_model
+from kb_ros.models.config import ModelConfig, get_config
 from kb_ros.models.filterbank import HOP
 from kb_ros.models.model import StreamingModel
-from kb_ros.training.hint_schedule import gather_used_hint, sample_hint_ages
-from kb_ros.training.losses import delayed_si_snr, si_snr
+from kb_ros.training.hint_schedule import gather_used_hint, sample_hint_ages, schedule_for
+from kb_ros.training.losses import delayed_pit_si_snr, si_snr
 
 STATE_FILE = "train_state.pt"
 BEST_DIR = "best"
@@ -40,7 +43,7 @@ class TrainSettings:
     val_every: int = 200
     checkpoint_every: int = 50
     val_examples: int = 48
-    val_age: int = 6
+    val_age: int = 6  # clamped into a kb model's age range (kb_d4: 4)
     seed: int = 0
     threads: int = 2
     device: str = "auto"
@@ -53,16 +56,26 @@ class TrainSettings:
 class Corpus:
     """A split of ``kb-ros data`` output in memory, plus the large model's hints if given."""
 
-    def __init__(self, data_dir: Path, split: str, hints_path: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, split: str) -> None:
         with np.load(data_dir / f"{split}.npz") as data:
             self.mix = data["mix"].astype(np.float32)
             self.clean = data["clean"].astype(np.float32)
-        if self.clean.ndim == 2:
-            self.mix, self.clean = self.mix[:, None], self.clean[:, None]
-        self.hints = np.load(hints_path, mmap_mode="r") if hints_path else None
+        if self.mix.ndim == 2:  # [N, L] mono mixtures -> [N, 1, L]
+            self.mix = self.mix[:, None]
+        if self.clean.ndim == 2:  # enhancement: one target -> [N, 1, L]
+            self.clean = self.clean[:, None]
+        self.hints: np.ndarray | None = None  # the large model's outputs, once attached
+
+    def attach_hints(self, path: Path) -> None:
+        """Use the precomputed hint audio at ``path`` (``[N, S, L]``, memory-mapped)."""
+        self.hints = np.load(path, mmap_mode="r")
 
     def __len__(self) -> int:
         return len(self.mix)
+
+    @property
+    def sources(self) -> int:
+        return self.clean.shape[1]
 
     def batch(self, index: np.ndarray, start: np.ndarray, length: int) -> dict[str, torch.Tensor]:
         def crop(array: np.ndarray) -> torch.Tensor:
@@ -75,8 +88,21 @@ class Corpus:
         return out
 
 
+def model_config(settings: TrainSettings, sources: int) -> ModelConfig:
+    """Return the preset with ``settings.overrides``, for a corpus of ``sources`` targets."""
+    overrides = dict(settings.overrides)
+    if sources > 1 and "n_sources" not in overrides:
+        overrides.update(n_sources=sources, name=f"{settings.preset}_ss")
+    return get_config(settings.preset, **overrides)
+
+
+def validation_age(config: ModelConfig, settings: TrainSettings) -> int:
+    """``settings.val_age`` within the model's age range."""
+    return min(max(settings.val_age, config.min_age), config.max_age)
+
+
 def hints_path_for(data_dir: Path, large_model: Path, split: str) -> Path:
-    manifest = json.loads((large_model / "manifest.json").read_text())
+    manifest = read_manifest(large_model)
     return data_dir / f"hints_{manifest['model_id']}_{split}.npy"
 
 
@@ -119,9 +145,9 @@ def _forward(model: StreamingModel, batch: dict[str, torch.Tensor],
 def validate(model: StreamingModel, corpus: Corpus, settings: TrainSettings,
              device: torch.device) -> dict[str, float]:
     """
-    Mean SI-SNRi (dB) on the first validation examples.
+    Mean SI-SNRi (dB, permutation-invariant) on the first validation examples.
 
-    kb models are scored at ``val_age`` and with no hints at all.
+    kb models are scored at ``validation_age`` and with no hints at all.
     """
     model.eval()
     n = min(settings.val_examples, len(corpus))
@@ -133,12 +159,13 @@ def validate(model: StreamingModel, corpus: Corpus, settings: TrainSettings,
     results = {}
     patterns = {"val_si_snri": None}
     if model.config.uses_hints:
-        age = torch.full((n, steps), settings.val_age, dtype=torch.long)
-        age[:, :settings.val_age] = -1
+        val_age = validation_age(model.config, settings)
+        age = torch.full((n, steps), val_age, dtype=torch.long)
+        age[:, :val_age] = -1
         patterns = {"val_si_snri": age, "val_si_snri_no_hint": torch.full((n, steps), -1)}
     for name, ages in patterns.items():
         out = _forward(model, batch, ages)
-        results[name] = delayed_si_snr(out, batch["clean"]).mean().item() - mix_score
+        results[name] = delayed_pit_si_snr(out, batch["clean"]).mean().item() - mix_score
     model.train()
     return results
 
@@ -149,15 +176,18 @@ def train(settings: TrainSettings) -> Path:
     device = _device(settings.device)
     out = settings.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    config = get_config(settings.preset, **settings.overrides)
-    hints = {}
+    train_set, val_set = Corpus(settings.data_dir, "train"), Corpus(settings.data_dir, "val")
+    config = model_config(settings, train_set.sources)
     if config.uses_hints:
         if settings.large_model is None:
             raise ValueError("a kb model needs --large-model (the frozen hint producer)")
-        hints = {split: precompute_hints(settings.data_dir, settings.large_model, split,
-                                         str(device)) for split in ("train", "val")}
-    train_set = Corpus(settings.data_dir, "train", hints.get("train"))
-    val_set = Corpus(settings.data_dir, "val", hints.get("val"))
+        large_sources = read_manifest(settings.large_model)["config"]["n_sources"]
+        if large_sources != config.n_sources:
+            raise ValueError(f"the hint producer has {large_sources} sources, the corpus "
+                             f"{config.n_sources}")
+        for corpus, split in ((train_set, "train"), (val_set, "val")):
+            corpus.attach_hints(precompute_hints(settings.data_dir, settings.large_model, split,
+                                                 str(device)))
     model = StreamingModel(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
@@ -171,19 +201,26 @@ def train(settings: TrainSettings) -> Path:
         scheduler.load_state_dict(state["scheduler"])
         step, best, history = state["step"], state["best"], state["history"]
         print(f"resuming {settings.preset} at step {step} (best {best:.2f} dB)")
-    elif settings.init_from is not None:
-        print(f"initialised {len(_init_from(model, settings.init_from))} tensors from "
-              f"{settings.init_from}")
+    else:
+        if settings.init_from is not None:
+            print(f"initialised {len(_init_from(model, settings.init_from))} tensors from "
+                  f"{settings.init_from}")
+        history.append({"step": 0, **validate(model, val_set, settings, device)})  # untrained
     rng = np.random.default_rng([settings.seed, step])
     generator = torch.Generator().manual_seed(settings.seed * 100003 + step)
     length = int(settings.segment_s * 16000) // HOP * HOP
     max_start = (train_set.mix.shape[-1] - length) // HOP
     recipe = {"settings": {k: str(v) for k, v in asdict(settings).items()},
-              "data_recipe": _data_recipe(settings.data_dir)}
+              "data_recipe": _data_recipe(settings.data_dir),
+              "loss": "pit_si_snr" if config.n_sources > 1 else "si_snr"}
+    schedule = schedule_for(config)
     if config.uses_hints:
-        large = json.loads((settings.large_model / "manifest.json").read_text())
+        large = read_manifest(settings.large_model)
         recipe["large_model"] = {k: large[k] for k in ("model_id", "config", "metrics")}
         recipe["hint_producers"] = [large["model_id"]]
+        recipe["hint_schedule"] = {"min_age": config.min_age, "max_age": config.max_age,
+                                   **asdict(schedule)}
+        recipe["validation_age"] = validation_age(config, settings)
     t_start = time.monotonic()
 
     def save_state() -> None:
@@ -197,6 +234,7 @@ def train(settings: TrainSettings) -> Path:
     bar = tqdm(total=settings.steps, initial=step, desc=f"train {settings.preset}",
                dynamic_ncols=True, mininterval=5.0)
     model.train()
+    train_scores: list[float] = []  # training SI-SNR (dB) of each step since the last validation
     while step < settings.steps:
         index = rng.integers(0, len(train_set), settings.batch)
         start = rng.integers(0, max_start + 1, settings.batch) * HOP
@@ -204,19 +242,22 @@ def train(settings: TrainSettings) -> Path:
         ages = None
         if config.uses_hints:
             ages = sample_hint_ages(settings.batch, length // HOP, config.min_age,
-                                    config.max_age, generator)
-        loss = -delayed_si_snr(_forward(model, batch, ages), batch["clean"]).mean()
+                                    config.max_age, generator, schedule)
+        loss = -delayed_pit_si_snr(_forward(model, batch, ages), batch["clean"]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         step += 1
+        train_scores.append(-loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.2f}", lr=f"{optimizer.param_groups[0]['lr']:.1e}")
         if step % settings.val_every == 0 or step == settings.steps:
             metrics = validate(model, val_set, settings, device)
             scheduler.step(metrics["val_si_snri"])
-            history.append({"step": step, **metrics})
+            history.append({"step": step, "train_si_snr": float(np.mean(train_scores)),
+                            **metrics})
+            train_scores.clear()
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.2f} dB" for k, v in metrics.items()))
             if metrics["val_si_snri"] > best:
                 best = metrics["val_si_snri"]

@@ -117,12 +117,25 @@ class Backend(Protocol):
 
     def create_timer(self, period_s: float, callback: Callable[[], None]) -> Any: ...
 
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """
+        Run ``callback`` once on the spinning thread, soon, after the caller returns.
+
+        Lets a node finish taking in what has arrived before acting on all of it at once (the
+        hint server batches streams this way). Safe to call from any thread.
+        """
+
     def now_ns(self) -> int:
         """Read the node clock (ROS time under use_sim_time, else system time), in ns."""
 
     def get_logger(self) -> Logger: ...
 
-    def spin(self) -> None:
-        """Run callbacks until shutdown is requested (SIGINT/SIGTERM or ``shutdown()``)."""
+    def spin(self, before_close: Callable[[], None] | None = None) -> None:
+        """
+        Run callbacks until shutdown is requested (SIGINT/SIGTERM or ``shutdown()``).
+
+        Then deliver the messages already received, run ``before_close`` (the node's last
+        chance to publish) and close: no input received before the signal is lost.
+        """
 
     def shutdown(self) -> None: ...

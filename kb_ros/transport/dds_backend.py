@@ -35,7 +35,7 @@ from cyclonedds.util import duration
 from kb_ros.transport import qos as profiles
 from kb_ros.transport.backend import UPDATER_PARAMS, DiagnosticReport, ParamSpec
 from kb_ros.transport.dds_config import DdsConfig, open_participant, resolve_config
-from kb_ros.transport.dds_types import CODECS, WireCodec
+from kb_ros.transport.dds_types import CODECS, MalformedSample, WireCodec
 from kb_ros.transport.messages import (DIAGNOSTIC_ARRAY, MESSAGE_TYPES, DiagnosticArrayMsg,
                                        DiagnosticStatusMsg)
 from kb_ros.transport.qos import Durability, QosSpec, Reliability
@@ -137,25 +137,41 @@ class DdsSubscription:
     """A reader, its ReadCondition in the backend's WaitSet, and the user callback."""
 
     def __init__(self, reader: DataReader, codec: WireCodec, callback: Callable[[Any], None],
-                 topic: str) -> None:
+                 topic: str, logger: RosLogger | None = None, depth: int = TAKE_BATCH) -> None:
         self.topic_name = topic
+        self.depth = depth  # the most samples the reader holds at once
         self.reader = reader
         self.condition = ReadCondition(reader, _ANY_SAMPLE)
+        self.malformed = 0  # samples dropped because their bytes did not decode
         self._codec = codec
         self._callback = callback
+        self._logger = logger
 
     def publisher_count(self) -> int:
         return self.reader.get_subscription_matched_status().current_count
 
-    def dispatch(self) -> None:
-        """Take everything queued and run the callback per valid sample, in arrival order."""
-        while True:
-            samples = self.reader.take(TAKE_BATCH, condition=self.condition)
+    def dispatch(self, max_samples: int | None = None) -> None:
+        """Take what is queued (up to ``max_samples``); run the callback per valid sample."""
+        left = max_samples
+        while left is None or left > 0:
+            batch = TAKE_BATCH if left is None else min(TAKE_BATCH, left)
+            samples = self.reader.take(batch, condition=self.condition)
             for sample in samples:
-                if sample.sample_info.valid_data:  # skip "writer gone" notifications
+                if isinstance(sample, MalformedSample):
+                    self._drop_malformed(sample)
+                elif sample.sample_info.valid_data:  # skip "writer gone" notifications
                     self._callback(self._codec.from_wire(sample))
-            if len(samples) < TAKE_BATCH:
+            if len(samples) < batch:
                 return
+            if left is not None:
+                left -= len(samples)
+
+    def _drop_malformed(self, sample: MalformedSample) -> None:
+        """Count a sample that did not decode; log the first and every 500th."""
+        self.malformed += 1
+        if self._logger is not None and (self.malformed == 1 or self.malformed % 500 == 0):
+            self._logger.warning(f"{self.topic_name}: dropped a malformed {sample.type_name} "
+                                 f"({self.malformed} so far): {sample.error}")
 
 
 class DdsTimer:
@@ -355,14 +371,15 @@ class DdsBackend:
                         lambda policy=_policy_name(status.last_policy_id):
                         on_incompatible_qos(policy)))
         reader = DataReader(self._participant, dds_topic, dds_qos(qos, writer=False), listener)
-        subscription = DdsSubscription(reader, codec, callback, full_name)
+        subscription = DdsSubscription(reader, codec, callback, full_name, self._logger,
+                                       depth=qos.depth)
         self._waitset.attach(subscription.condition)
         self._entities.append(reader)
         self._subscriptions.append(subscription)
         return subscription
 
     def _queue(self, event: Callable[[], None]) -> None:
-        """Hand ``event`` from Cyclone's listener thread to the spinning thread."""
+        """Hand ``event`` from any thread (Cyclone's listeners, ``call_soon``) to ``spin()``."""
         self._events.append(event)
         self._poke()
 
@@ -392,6 +409,9 @@ class DdsBackend:
         self._timers.append(timer)
         return timer
 
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self._queue(callback)
+
     def now_ns(self) -> int:
         return time.time_ns()
 
@@ -400,11 +420,14 @@ class DdsBackend:
 
     # -- execution --------------------------------------------------------------------------
 
-    def spin(self) -> None:
+    def spin(self, before_close: Callable[[], None] | None = None) -> None:
         """
         Run callbacks until ``shutdown()``, SIGINT or SIGTERM, then close the participant.
 
-        Signal handlers are installed only when called from the main thread (as in rclpy).
+        On the way out, what the readers already hold is delivered (``_drain``) and
+        ``before_close`` runs, both still able to publish: input received before the signal
+        is not lost. Signal handlers are installed only when called from the main thread (as
+        in rclpy); a second signal during the drain changes nothing.
         """
         if self._closed:
             raise RuntimeError("this backend is closed")
@@ -417,6 +440,9 @@ class DdsBackend:
                 self._waitset.wait(self._wait_budget_ns())
                 self._wake.take()
                 self._spin_once()
+            self._drain()
+            if before_close is not None:
+                before_close()
         finally:
             if waker:
                 waker.restore()
@@ -428,7 +454,9 @@ class DdsBackend:
         return max(0, min([MAX_IDLE_WAIT_NS] + [d - now for d in due]))
 
     def _spin_once(self) -> None:
-        while self._events and not self._stop.is_set():
+        for _ in range(len(self._events)):  # events queued meanwhile wait for the next round
+            if self._stop.is_set():
+                return
             self._events.popleft()()
         for subscription in self._subscriptions:
             if self._stop.is_set():
@@ -439,6 +467,22 @@ class DdsBackend:
             if self._stop.is_set():
                 return
             timer.run_if_due(now)
+
+    def _drain(self) -> None:
+        """
+        Deliver what arrived before the stop: queued events, each reader's samples, events.
+
+        Bounded by what a reader can hold at once, so a publisher that goes on sending cannot
+        keep the node from exiting.
+        """
+        self._run_queued_events()
+        for subscription in self._subscriptions:
+            subscription.dispatch(subscription.depth)
+        self._run_queued_events()
+
+    def _run_queued_events(self) -> None:
+        for _ in range(len(self._events)):
+            self._events.popleft()()
 
     def shutdown(self) -> None:
         """Ask ``spin()`` to return; safe from any thread and from signal handlers."""

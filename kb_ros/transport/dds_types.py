@@ -13,13 +13,21 @@ For a 128-sample float32 chunk that halves the cost (~13 us to serialize, ~14 us
 deserialize, against ~24/23 us through the list). If a later cyclonedds lays its codecs out
 differently, the swap is skipped (the list path stays correct: conversions accept either form)
 and ``test_uint8_sequence_uses_the_bytes_fast_path`` flags it.
+
+``AudioDataStamped``, three messages of every chunk on the device, goes further: its
+``serialize``/``deserialize`` pack and unpack plain little-endian CDR with ``struct`` in one
+pass (~3 us each instead of ~15 through cyclonedds' field machines; same bytes, checked against
+rosbags in ``test/test_cdr.py``). Anything else (big-endian or XCDR2 data, other arguments,
+a payload whose lengths do not add up) goes through cyclonedds' generic codec as before.
 """
 
 # No ``from __future__ import annotations``: cyclonedds reads the field types at class creation.
+import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from cyclonedds.idl import IdlStruct
+from cyclonedds.idl._support import Endianness
 from cyclonedds.idl._machinery import (BytesMachine, PlainCdrV2SequenceOfPrimitiveMachine,
                                        StructMachine)
 from cyclonedds.idl.annotations import final
@@ -63,11 +71,45 @@ def _octets_as_bytes(cls: type[IdlStruct], name: str) -> None:
 _octets_as_bytes(AudioData, "data")
 
 
+CDR_LE = b"\x00\x01"  # encapsulation kind of plain little-endian CDR (XCDR1)
+_STAMP_AND_ID_LENGTH = struct.Struct("<2s2xiII")  # encapsulation, sec, nanosec, len(frame_id)
+_LENGTH = struct.Struct("<I")
+
+
 @final
 @dataclass
 class AudioDataStamped(IdlStruct, typename="audio_common_msgs::msg::dds_::AudioDataStamped_"):
     header: Header = field(default_factory=Header)
     audio: AudioData = field(default_factory=AudioData)
+
+    def serialize(self, buffer: Any = None, endianness: Any = None,
+                  use_version_2: Optional[bool] = None) -> bytes:
+        """Plain little-endian CDR in one pass (what the DataWriter calls for every chunk)."""
+        if buffer is not None or use_version_2 or endianness not in (None, Endianness.Little):
+            return super().serialize(buffer, endianness, use_version_2)
+        frame_id = self.header.frame_id.encode("utf-8") + b"\0"
+        head = _STAMP_AND_ID_LENGTH.pack(CDR_LE, self.header.stamp.sec,
+                                         self.header.stamp.nanosec, len(frame_id))
+        data = self.audio.data
+        if not isinstance(data, (bytes, bytearray)):
+            data = bytes(data)
+        return b"".join((head, frame_id, b"\0" * (-len(frame_id) % 4),
+                         _LENGTH.pack(len(data)), data))
+
+    @classmethod
+    def deserialize(cls, data: bytes, has_header: bool = True,
+                    use_version_2: Optional[bool] = None) -> "AudioDataStamped":
+        """Plain little-endian CDR in one pass (what the DataReader calls for every chunk)."""
+        size = len(data)
+        if has_header and use_version_2 is None and size >= 20 and data[:2] == CDR_LE:
+            _, sec, nanosec, id_length = _STAMP_AND_ID_LENGTH.unpack_from(data)
+            at = 16 + id_length + (-id_length % 4)
+            if 0 < id_length and at + 4 <= size and data[15 + id_length] == 0:
+                end = at + 4 + _LENGTH.unpack_from(data, at)[0]
+                if end <= size:
+                    return cls(Header(Time(sec, nanosec), bytes(data[16:15 + id_length]).decode()),
+                               AudioData(bytes(data[at + 4:end])))
+        return super().deserialize(data, has_header, use_version_2)
 
 
 @final
@@ -146,6 +188,38 @@ def diagnostics_from_wire(wire: DiagnosticArray) -> DiagnosticArrayMsg:
         DiagnosticStatusMsg(s.level, s.name, s.message, s.hardware_id,
                             {kv.key: kv.value for kv in s.values})
         for s in wire.status])
+
+
+class MalformedSample:
+    """
+    Stands in for a sample whose bytes do not decode as its type (a broken or hostile writer).
+
+    cyclonedds deserializes inside ``DataReader.take``, so an exception there would lose the
+    batch's other samples and end the node's spin; the reader gets this instead, and the
+    backend counts and logs the drop.
+    """
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.type_name, self.error = type_name, error
+        self.sample_info: Any = None  # set by DataReader.take, as on a real sample
+
+
+def _tolerant(cls: type[IdlStruct]) -> None:
+    """Make ``cls.deserialize`` return a ``MalformedSample`` instead of raising."""
+    strict = cls.deserialize
+
+    def deserialize(data: bytes, has_header: bool = True,
+                    use_version_2: Optional[bool] = None) -> Any:
+        try:
+            return strict(data, has_header, use_version_2)
+        except Exception as err:  # any codec error: the bytes are not a sample of this type
+            return MalformedSample(cls.__name__, err)
+
+    cls.deserialize = staticmethod(deserialize)  # type: ignore[method-assign]
+
+
+for _type in (AudioDataStamped, AudioInfo, DiagnosticArray):
+    _tolerant(_type)
 
 
 @dataclass(frozen=True)

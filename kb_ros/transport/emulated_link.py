@@ -1,5 +1,5 @@
 """
-An emulated network link: delay, jitter, loss, duplication and reordering, seeded.
+An emulated network link: delay, jitter, loss, duplication, reordering and outages, seeded.
 
 Pure and clock-agnostic (times are passed in), so ``link_node``, the demo, offline evaluation
 and tests all share the same behaviour for the same seed.
@@ -39,6 +39,7 @@ class LinkStats:
     offered: int = 0
     delivered: int = 0
     lost: int = 0
+    lost_in_outage: int = 0
     duplicated: int = 0
 
 
@@ -52,9 +53,22 @@ class EmulatedLink(Generic[T]):
         self._queue: list[tuple[int, int, T]] = []
         self._order = itertools.count()
         self._last_due_ns = 0
+        self._outages_ns: list[tuple[int, int]] = []
+
+    def schedule_outage(self, start_ns: int, end_ns: int) -> None:
+        """Lose everything offered from ``start_ns`` until ``end_ns`` (a link down, say)."""
+        if end_ns <= start_ns:
+            raise ValueError(f"an outage must end after it starts, got {start_ns}..{end_ns}")
+        self._outages_ns.append((start_ns, end_ns))
+
+    def in_outage(self, now_ns: int) -> bool:
+        return any(start <= now_ns < end for start, end in self._outages_ns)
 
     def offer(self, item: T, now_ns: int) -> None:
         self.stats.offered += 1
+        if self.in_outage(now_ns):
+            self.stats.lost_in_outage += 1
+            return
         p = self.profile
         if p.loss and self._rng.random() < p.loss:
             self.stats.lost += 1

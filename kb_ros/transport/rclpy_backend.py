@@ -13,18 +13,29 @@ waits for a hint, and the small model needs a small fraction of the 8 ms chunk, 
 QoS-event and diagnostics callbacks wait at most that long. A worker thread would add a queue
 hop and locking around HintMatcher state for no gain; the diagnostics report compute p99
 against the chunk budget, the signal that this choice stops holding.
+
+Shutdown: rclpy's own SIGINT/SIGTERM handlers shut the context down at once, and with it every
+subscription still holding received messages. The backend installs its own instead: a signal
+only stops the spin loop, then what already arrived is handled and ``before_close`` may still
+publish, so no received chunk goes without its output.
 """
 
 from __future__ import annotations
 
 import array
+import signal
 import sys
+import threading
+from collections import deque
 from typing import Any, Callable
 
 from kb_ros.transport.backend import DiagnosticReport, ParamSpec
 from kb_ros.transport.messages import AUDIO_INFO, AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
 from kb_ros.transport.qos import Durability, QosSpec, Reliability
 from kb_ros.transport.ros_args import parse_ros_args
+
+SPIN_POLL_S = 0.1  # a signal is noticed within this, even when no message arrives
+DRAIN_SPARE_CALLBACKS = 16  # timers, guard conditions and QoS events beside the messages
 
 
 class _RosCodecs:
@@ -129,10 +140,11 @@ class RclpyBackend:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
+        from rclpy.signals import SignalHandlerOptions
 
         self.args = parse_ros_args(argv, node_name, namespace)  # validates, keeps other_args
-        # The default context gets rclpy's SIGINT and SIGTERM handlers; argv[0] is the program.
-        rclpy.init(args=[sys.argv[0], *argv])
+        # argv[0] is the program; spin() handles SIGINT and SIGTERM (module docstring).
+        rclpy.init(args=[sys.argv[0], *argv], signal_handler_options=SignalHandlerOptions.NO)
         self._node = Node(node_name, namespace=namespace)
         self.node_name = self._node.get_name()
         self.namespace = self._node.get_namespace()
@@ -143,6 +155,10 @@ class RclpyBackend:
         self._declared: set[str] = set()
         self._on_set: list[Callable[[str, Any], None]] = []
         self._updater: Any = None
+        self._soon: deque[Callable[[], None]] = deque()
+        self._soon_guard = self._node.create_guard_condition(self._run_soon)
+        self._stop = threading.Event()
+        self._drain_budget = DRAIN_SPARE_CALLBACKS  # grows by each subscription's depth
         self._node.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- parameters -------------------------------------------------------------------------
@@ -225,6 +241,7 @@ class RclpyBackend:
             incompatible_qos=(lambda info: on_incompatible_qos(
                 QoSPolicyKind(info.last_policy_kind).name.lower()))
             if on_incompatible_qos else None)
+        self._drain_budget += qos.depth
         return self._node.create_subscription(
             self._codecs.ros_type(msg_type), topic,
             lambda ros: callback(self._codecs.from_ros(msg_type, ros)), _qos_profile(qos),
@@ -251,6 +268,15 @@ class RclpyBackend:
     def create_timer(self, period_s: float, callback: Callable[[], None]) -> Any:
         return self._node.create_timer(period_s, callback)
 
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Queue ``callback`` and trigger the guard condition that runs it on the executor."""
+        self._soon.append(callback)
+        self._soon_guard.trigger()
+
+    def _run_soon(self) -> None:
+        for _ in range(len(self._soon)):  # callbacks queued meanwhile run on the next trigger
+            self._soon.popleft()()
+
     def now_ns(self) -> int:
         """ROS time: simulated (``/clock``) when ``use_sim_time`` is true, else system time."""
         return self._node.get_clock().now().nanoseconds
@@ -260,20 +286,53 @@ class RclpyBackend:
 
     # -- execution --------------------------------------------------------------------------
 
-    def spin(self) -> None:
-        """Spin until SIGINT/SIGTERM (rclpy's handlers) or ``shutdown()``, then clean up."""
+    def spin(self, before_close: Callable[[], None] | None = None) -> None:
+        """
+        Spin until SIGINT, SIGTERM or ``shutdown()``; drain, run ``before_close``, clean up.
+
+        The signal handlers are installed only when called from the main thread.
+        """
         import rclpy
         from rclpy.executors import ExternalShutdownException
 
+        previous_handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            previous_handlers = {sig: signal.signal(sig, lambda *_: self._stop.set())
+                                 for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self._executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
+            while not self._stop.is_set() and self._node.context.ok():
+                self._executor.spin_once(timeout_sec=SPIN_POLL_S)
+            self._drain()
+            if before_close is not None:
+                before_close()
+        except ExternalShutdownException:
+            pass  # the context was shut down from outside: nothing left to take
         finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
             self._executor.shutdown()
             self._node.destroy_node()
             rclpy.try_shutdown()
 
+    def _drain(self) -> None:
+        """
+        Run the callbacks that are ready now: messages received before the stop.
+
+        Bounded by what the subscriptions can hold at once (``_drain_budget``), so a
+        publisher that goes on sending cannot keep the node from exiting.
+        """
+        from rclpy.executors import ShutdownException, TimeoutException
+
+        for _ in range(self._drain_budget):
+            try:
+                handler, _, _ = self._executor.wait_for_ready_callbacks(timeout_sec=0.0)
+            except (ShutdownException, TimeoutException):
+                return
+            handler()
+            if handler.exception() is not None:
+                raise handler.exception()
+
     def shutdown(self) -> None:
-        """Stop ``spin()`` from any thread: shutting the context down wakes the executor."""
-        self._node.context.try_shutdown()
+        """Stop ``spin()`` from any thread; it drains and cleans up before returning."""
+        self._stop.set()
+        self._executor.wake()

@@ -1,0 +1,127 @@
+"""
+One streaming step of a model for many independent streams at once, each with its own state.
+
+A hint server serves several devices with one large model. Running their chunks as one batch
+``[B, C, 128]`` amortises the per-op cost of a step over B streams. Streams arrive
+asynchronously, so each step holds whichever streams have a chunk: the engine gathers their
+state rows into one batched state and scatters them back only when the set of streams changes.
+Rows of a batch never mix (every layer of ``StreamingModel`` works per batch row), so a
+stream's output does not depend on which other streams share its step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from kb_ros.boosting.engine import adapt_channels
+from kb_ros.models.model import StreamingModel
+from kb_ros.models.traced import PackedState, TracedStep
+
+WARM_UP_STEPS = 3
+
+
+@dataclass
+class BatchOutput:
+    """The output chunk ``[128, sources]`` of every stream in a step, and the streams reset."""
+
+    audio: dict[int, np.ndarray]
+    reset_streams: list[int]
+
+
+class BatchedEngine:
+    """
+    Steps any subset of streams ``0 .. max_streams - 1`` through one model call.
+
+    Outputs are made safe per stream as ``ChunkEngine`` does for one: a stream whose output is
+    not finite gets silence and a fresh state (reported in ``BatchOutput.reset_streams``), and
+    samples are clipped to full scale; the other streams of the step are untouched. A traced
+    step is built for every batch size up front, so no step ever waits for a trace. ``device``
+    is the torch device of the model and the states (``cpu``, ``cuda``, ``cuda:1``...).
+    """
+
+    def __init__(self, model: StreamingModel, max_streams: int, *, threads: int = 1,
+                 device: str = "cpu") -> None:
+        if max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
+        try:
+            self.device = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:N)"
+                             ) from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: this torch build or machine has no CUDA")
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.model = model.to(self.device).eval()
+        self.in_channels = model.config.in_channels
+        self.sources = model.config.n_sources
+        self.chunk_frames = 128
+        self.max_streams = max_streams
+        self._steps = [TracedStep(model, batch) for batch in range(1, max_streams + 1)]
+        self._fresh: PackedState = self._steps[0].initial_state()
+        self._rows = [tensor.shape[0] for tensor in self._fresh]  # dim-0 rows of one stream
+        self._states: list[PackedState] = [self._fresh] * max_streams
+        self._group: tuple[int, ...] = ()  # streams whose states live in _group_state
+        self._group_state: PackedState = ()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run each batch size's trace a few times: TorchScript optimises on its first calls."""
+        silence = np.zeros((self.chunk_frames, self.in_channels), np.float32)
+        for batch in range(1, self.max_streams + 1):
+            for _ in range(WARM_UP_STEPS):
+                self.process({stream: silence for stream in range(batch)})
+        self._group, self._group_state = (), ()
+        self._states = [self._fresh] * self.max_streams
+
+    def reset(self, stream: int) -> None:
+        """Forget one stream's past (a new stream, or after a non-finite output)."""
+        self._ungroup()
+        self._states[stream] = self._fresh
+
+    def process(self, chunks: Mapping[int, np.ndarray]) -> BatchOutput:
+        """One chunk ``[128, channels]`` per listed stream in, one output chunk per stream out."""
+        streams = tuple(sorted(chunks))
+        if not streams or streams[0] < 0 or streams[-1] >= self.max_streams:
+            raise ValueError(f"streams must be a non-empty subset of 0..{self.max_streams - 1}, "
+                             f"got {list(streams)}")
+        mix = np.stack([adapt_channels(chunks[stream], self.in_channels).T
+                        for stream in streams])
+        if mix.shape[-1] != self.chunk_frames:
+            raise ValueError(f"chunks must have {self.chunk_frames} frames, got {mix.shape[-1]}")
+        with torch.inference_mode():
+            out, self._group_state = self._steps[len(streams) - 1](
+                torch.from_numpy(mix).to(self.device), None, None, self._batch_state(streams))
+        audio = out.cpu().numpy().transpose(0, 2, 1)  # [B, frames, sources]
+        finite = np.isfinite(audio).all(axis=(1, 2))
+        reset_streams = [stream for stream, ok in zip(streams, finite) if not ok]
+        if reset_streams:
+            audio[~finite] = 0.0
+            for stream in reset_streams:
+                self.reset(stream)
+        np.clip(audio, -1.0, 1.0, out=audio)
+        return BatchOutput({stream: audio[row] for row, stream in enumerate(streams)},
+                           reset_streams)
+
+    def _batch_state(self, streams: tuple[int, ...]) -> PackedState:
+        """Return the batched state of ``streams``, in order; reused while they step together."""
+        if streams != self._group:
+            self._ungroup()
+            self._group_state = tuple(
+                torch.cat([self._states[stream][index] for stream in streams])
+                for index in range(len(self._fresh)))
+            self._group = streams
+        return self._group_state
+
+    def _ungroup(self) -> None:
+        """Scatter the batched state back to the streams it holds (states are never mutated)."""
+        if not self._group:
+            return
+        parts = [tensor.split(rows) for tensor, rows in zip(self._group_state, self._rows)]
+        for row, stream in enumerate(self._group):
+            self._states[stream] = tuple(part[row] for part in parts)
+        self._group, self._group_state = (), ()
