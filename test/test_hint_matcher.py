@@ -130,6 +130,33 @@ def test_duplicates_are_counted_once_used_or_pending():
     assert m.counters.duplicates == 2 and m.counters.hits == 1
 
 
+def test_used_hint_is_never_matched_again_in_its_timeline():
+    """A consumed hint re-offered while its stamp is known, or after it left the history."""
+    m = matcher(history_chunks=16)
+    run_chunks(m, range(5))
+    m.offer(stamp(3), hint(), "large-abc")
+    assert tick(m, 5).stamp_ns == stamp(3)
+    assert m.offer(stamp(3), hint(), "large-abc") == "duplicate"
+    run_chunks(m, range(6, 30))
+    assert m.offer(stamp(3), hint(), "large-abc") == "unknown_stamp"
+    assert all(h is None for h in run_chunks(m, range(30, 40)))
+
+
+def test_stamp_stepping_back_starts_a_new_timeline():
+    """Found by hypothesis: hints of the old timeline must not serve the new one's chunks."""
+    m = matcher(history_chunks=16)
+    run_chunks(m, range(30))
+    m.offer(stamp(28), hint(), "large-abc")
+    m.offer(stamp(29), hint(), "large-abc")
+    assert tick(m, 30).stamp_ns == stamp(29)  # stamp 28 stays pending
+    assert tick(m, 2) is None  # the capture restarted: stamp 28 is no hint for it
+    assert m.counters.timeline_restarts == 1 and m.counters.invalid["timeline_restart"] == 1
+    assert m.pending == 0
+    run_chunks(m, range(3, 29))
+    assert m.offer(stamp(26), hint(), "large-abc") is None  # new audio under an old stamp
+    assert tick(m, 29).stamp_ns == stamp(26)
+
+
 def test_age_counts_missing_input_chunks():
     m = matcher()
     run_chunks(m, [0, 1, 2, 5, 6])  # chunks 3 and 4 never arrived

@@ -128,6 +128,8 @@ def test_matcher_invariants_under_any_traffic(events, min_age, span):
         if event[0] == "chunk":  # mostly the next chunk; some repeated, skipped or stepped back
             chunk_index += event[1]
             stamp, level = T0 + chunk_index * CHUNK_NS, np.float32(event[2])
+            if previous is not None and stamp <= previous[0]:  # a new timeline: all forgotten
+                used, input_power, previous = set(), {}, None
             contiguous = previous is not None and stamp - previous[0] == CHUNK_NS
             input_power[stamp] = (previous[1] ** 2 + level ** 2) / 2 if contiguous else level ** 2
             previous = (stamp, level)
@@ -135,7 +137,7 @@ def test_matcher_invariants_under_any_traffic(events, min_age, span):
             if hint is not None:
                 assert min_age <= hint.age_chunks <= max_age
                 assert hint.age_chunks == round((stamp - hint.stamp_ns) / CHUNK_NS)
-                assert hint.stamp_ns not in used  # each hint serves one chunk at most
+                assert hint.stamp_ns not in used  # each hint serves one chunk of its timeline
                 used.add(hint.stamp_ns)
                 assert float(hint.audio[0, 0]) ** 2 <= max(
                     input_power[hint.stamp_ns], 1e-6) * 10 * (1 + 1e-5)  # 10 dB margin

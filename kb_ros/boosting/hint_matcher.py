@@ -44,6 +44,7 @@ class HintCounters:
     misses: int = 0
     late: int = 0
     duplicates: int = 0
+    timeline_restarts: int = 0
     invalid: Counter = field(default_factory=Counter)
     age_histogram: Counter = field(default_factory=Counter)
 
@@ -54,6 +55,7 @@ class HintCounters:
     def as_dict(self) -> dict:
         return {"chunks": self.chunks, "hits": self.hits, "misses": self.misses,
                 "late": self.late, "duplicates": self.duplicates,
+                "timeline_restarts": self.timeline_restarts,
                 "invalid": dict(self.invalid), "invalid_total": sum(self.invalid.values()),
                 "hit_rate": round(self.hit_rate, 4),
                 "age_histogram": {str(k): v for k, v in sorted(self.age_histogram.items())}}
@@ -69,6 +71,10 @@ class HintMatcher:
     NaN/Inf, or from a producer the model was not trained with are invalid (dropped, counted);
     a second hint for the same stamp is a duplicate. A hint may arrive before its own chunk (a
     fast link and a slow device): it waits, up to ``max_early_chunks`` ahead.
+
+    Chunks must come in stamp order (the nodes' ``StampGuard`` sees to it): a chunk stamped no
+    later than the previous one starts a new timeline (a restarted capture, a bag played again),
+    and the matcher forgets the old one, dropping its pending hints as ``timeline_restart``.
 
     A hint louder than the input it estimates by more than ``energy_margin_db`` is invalid
     (``implausible_energy``; None turns the check off). The large model's output is its input
@@ -173,11 +179,12 @@ class HintMatcher:
 
         ``audio`` ``[frames, channels]`` is the chunk's input: its energy bounds its hint's.
         """
+        if self._history and stamp_ns <= self._history[-1]:
+            self._restart_timeline()
         if len(self._history) == self._history.maxlen:
             oldest = self._history.popleft()
-            if oldest not in self._history:  # a stamp seen twice stays known until both go
-                self._input_power.pop(oldest, None)
-                self._seen.discard(oldest)
+            self._input_power.pop(oldest)
+            self._seen.discard(oldest)
         self._history.append(stamp_ns)
         self._input_power[stamp_ns] = self._hint_input_power(stamp_ns, audio)
         self.counters.chunks += 1
@@ -207,6 +214,17 @@ class HintMatcher:
         self.counters.hits += 1
         self.counters.age_histogram[age] += 1
         return MatchedHint(hint_stamp, self._pending.pop(hint_stamp), age)
+
+    def _restart_timeline(self) -> None:
+        """Forget the old timeline: its stamps may recur in the new one with other audio."""
+        self.counters.timeline_restarts += 1
+        if self._pending:
+            self.counters.invalid["timeline_restart"] += len(self._pending)
+        self._history.clear()
+        self._input_power.clear()
+        self._seen.clear()
+        self._pending.clear()
+        self._previous_tail = None
 
     def _hint_input_power(self, stamp_ns: int, audio: np.ndarray) -> float:
         """Mean power of the input a hint for this chunk covers (see the class docstring)."""
