@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -45,8 +46,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(config: ModelConfig, dtype: torch.dtype = F64, seed: int = 0) -> StreamingModel:
+    """Return a random model whose fusions act (an untrained one has a zero output projection)."""
     torch.manual_seed(seed)
-    return StreamingModel(config).to(dtype).eval()
+    model = StreamingModel(config)
+    with torch.no_grad():
+        for fusion in model.fusions:
+            nn.init.normal_(fusion.attention.proj.weight, std=0.3)
+    return model.to(dtype).eval()
 
 
 def random_ages(batch: int, frames: int, config: ModelConfig, seed: int = 1) -> torch.Tensor:
@@ -187,7 +193,7 @@ def first_changed_output(model: StreamingModel, config: ModelConfig, start: int)
 
 
 @pytest.mark.parametrize("name", ["small", "kb", "large_window4", "small_gc", "kb_gc", "kb_d4",
-                                  "large_gc_window4"])
+                                  "large_gc_window4", "small_fast", "kb_fast"])
 @pytest.mark.parametrize("start", [3 * HOP, 3 * HOP + 1, 3 * HOP + LOOKAHEAD, 4 * HOP - 1])
 def test_future_input_never_changes_earlier_output(name: str, start: int) -> None:
     """
@@ -205,7 +211,8 @@ def test_future_input_never_changes_earlier_output(name: str, start: int) -> Non
 
 
 @pytest.mark.parametrize("name,step,age", [("kb", 2, 1), ("kb", 5, 8), ("kb", 7, 3), ("kb", 3, 0),
-                                           ("kb_d4", 6, 4), ("kb_gc", 4, 0), ("kb_gc", 8, 6)])
+                                           ("kb_d4", 6, 4), ("kb_gc", 4, 0), ("kb_gc", 8, 6),
+                                           ("kb_fast", 3, 2), ("kb_fast", 6, 5)])
 def test_hint_only_affects_its_step_and_later(name: str, step: int, age: int) -> None:
     config = get_config(name)
     model = make_model(config)
@@ -275,7 +282,8 @@ def test_steps_without_hint_arguments_equal_steps_with_age_minus_one() -> None:
                                rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ["small", "kb", "large_window4", "small_gc", "kb_gc"])
+@pytest.mark.parametrize("name", ["small", "kb", "large_window4", "small_gc", "kb_gc",
+                                  "kb_fast"])
 def test_traced_step_is_bit_identical_to_eager(name: str) -> None:
     config = VARIANTS[name]
     model = make_model(config, torch.float32)
@@ -342,9 +350,13 @@ def test_state_is_not_mutated_and_can_be_replayed() -> None:
 
 
 def test_training_gradients_flow_through_hints_and_state_detaches() -> None:
+    """An untrained fusion adds nothing yet its output projection learns; then hints matter."""
     config = get_config("kb")
-    model = StreamingModel(config)
     mix, hint, ages = inputs(config, 6, batch=2, dtype=torch.float32)
+    untrained = StreamingModel(config)
+    untrained(mix, hint, ages)[0].square().mean().backward()
+    assert all(f.attention.proj.weight.grad.abs().sum() > 0 for f in untrained.fusions)
+    model = make_model(config, torch.float32)
     hint.requires_grad_(True)
     out, state = model(mix, hint, ages)
     out.square().mean().backward()
@@ -368,7 +380,7 @@ def test_config_validation_and_sizes() -> None:
     params = {name: sum(p.numel() for p in StreamingModel(get_config(name)).parameters())
               for name in PRESETS}
     assert 20_000 < params["small"] < 26_000  # the paper's small model: 23,960
-    assert abs(params["medium"] / params["kb"] - 1) < 0.02  # same-size baseline
+    assert abs(params["medium"] / params["kb_fast"] - 1) < 0.02  # same-size baseline
     assert params["small"] < params["large_cpu"] < params["large"]
     assert params["small_gc"] < params["small"] / 2  # groups share one block: far fewer params
     assert ModelConfig.from_dict(json.loads(json.dumps(get_config("kb").to_dict()))) == \
@@ -388,6 +400,21 @@ def test_mac_count_is_exact_for_the_small_model() -> None:
     assert small["macs_per_chunk"] == expected == 2_141_760  # the paper's small: 2.18 M
     kb = count_macs(StreamingModel(get_config("kb")))
     assert kb["macs_per_chunk"] > small["macs_per_chunk"] and kb["params"] > small["params"]
+
+
+def test_mac_count_is_exact_for_the_mixer_model() -> None:
+    """small_fast: the small model with each frequency BLSTM replaced by the low-rank mixer."""
+    config = get_config("small_fast")
+    dim, hidden, rank = config.emb_dim, config.lstm_hidden, config.freq_hidden
+    dft = 2 * N_FFT * 2 * N_FREQS
+    convs = 2 * N_FREQS * dim * 2 * 9
+    mixer = 2 * dim * N_FREQS * rank + N_FREQS * dim * dim  # down, up, projection
+    time_lstm = N_FREQS * 4 * hidden * (dim + hidden) + N_FREQS * hidden * dim
+    counted = count_macs(StreamingModel(config))
+    assert counted["macs_per_chunk"] == dft + convs + 3 * (mixer + time_lstm)
+    assert counted["fused_lstm_macs_per_chunk"] == 0  # no frequency scan left
+    assert counted["macs_per_chunk"] < count_macs(StreamingModel(get_config("small")))[
+        "macs_per_chunk"]
 
 
 def test_mac_count_is_exact_for_the_groupcomm_model() -> None:

@@ -81,7 +81,11 @@ def table_inputs(tmp_path_factory) -> tuple[Path, dict[str, str]]:
                "kb_gc": get_config("kb_gc", **TINY, fusion_after=(0,), min_age=1)}
     models = {role: str(root / role) for role in configs}
     for role, config in configs.items():
-        save_model(StreamingModel(config), models[role])
+        model = StreamingModel(config)
+        with torch.no_grad():  # untrained fusions add nothing (zero output projection)
+            for fusion in model.fusions:
+                torch.nn.init.normal_(fusion.attention.proj.weight, std=0.3)
+        save_model(model, models[role])
     return root / "data", {**models, "medium": str(root / "not_trained"), "small_gc": "no_such"}
 
 

@@ -18,7 +18,7 @@ from kb_ros.models.model import StreamingModel
 from kb_ros.training.hint_schedule import (FIXED_DELAY, VARIABLE_AGE, gather_used_hint,
                                            sample_hint_ages, schedule_for)
 from kb_ros.training.losses import pit_si_snr, si_snr
-from kb_ros.training.ship import ship
+from kb_ros.training.ship import ship, source_polarity
 from kb_ros.training.trainer import STATE_FILE, TrainSettings, train
 
 needs_tts = pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("text2wave")),
@@ -142,3 +142,23 @@ def test_fixed_delay_kb_trains_resumes_and_ships(corpora, tmp_path) -> None:
     assert shipped_manifest == manifest
     hints = np.load(data / f"hints_{recipe['hint_producers'][0]}_train.npy")
     assert hints.shape[:2] == (4, 1)
+
+
+@needs_tts
+def test_shipping_turns_an_inverted_device_model_the_right_way_up(corpora, tmp_path) -> None:
+    """A mixer model (small_fast) trains; shipped inverted, its output comes out upright."""
+    torch.manual_seed(2)
+    run = tmp_path / "run"
+    train(_settings("small_fast", corpora["se"], run, 30))
+    model, _ = load_checkpoint(run / "best")
+    trained = source_polarity(model, corpora["se"])[0]
+    assert abs(trained) > 0.2  # it learnt something to be upright or inverted about
+    with torch.no_grad():  # what an inverted training run would have left
+        model.decoder.conv.weight.neg_()
+        model.decoder.conv.bias.neg_()
+    save_model(model, run / "best")
+    manifest = ship(run, "tiny", models_dir=tmp_path / "shipped", data_dir=corpora["se"])
+    assert manifest["recipe"]["polarity_flipped_sources"] == ([0] if trained > 0 else [])
+    shipped, shipped_manifest = load_checkpoint(tmp_path / "shipped" / "tiny")
+    assert shipped_manifest == manifest
+    assert source_polarity(shipped, corpora["se"])[0] == pytest.approx(abs(trained), rel=1e-4)

@@ -9,8 +9,9 @@ like the model's output (the look-ahead) and through the gain that best fits the
 recent output to its input (least squares over about half a second), which costs almost
 nothing, so the node catches up. The fit carries the model's level (an enhancer's output is
 far quieter than its noisy input: without it, every catch-up would be a jump in loudness) and
-its polarity (the shipped models output the target inverted, which SI-SNR training does not
-see: unmatched, the passed-through input would cancel against the enhanced output around it).
+its polarity (SI-SNR training does not see the sign, so a checkpoint may output the target
+inverted: unmatched, the passed-through input would cancel against the enhanced output around
+it; shipping turns device models upright, but any checkpoint path can be loaded).
 Once the lag is down to a quarter of ``max_lag_ms`` (hysteresis: few, long catch-ups rather
 than a switch every other chunk), the model restarts from a clean state, as at the start of a
 stream (its state would otherwise continue from audio it never saw).

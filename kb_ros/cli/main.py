@@ -11,6 +11,7 @@ from kb_ros.cli.bag import add_bag_parser
 from kb_ros.cli.bench import add_bench_parser
 from kb_ros.cli.faults import add_faults_parser
 from kb_ros.cli.keys import add_keys_parser
+from kb_ros.models.config import PRESETS
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -116,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(run=_data)
 
     tr = sub.add_parser("train", help="train (or resume) a model preset on a corpus")
-    tr.add_argument("preset", help="small, medium, small_gc, kb, kb_d4, kb_gc, large, large_cpu")
+    tr.add_argument("preset", choices=sorted(PRESETS), metavar="preset",
+                    help=", ".join(PRESETS))
     tr.add_argument("--data", type=Path, required=True, help="corpus folder from kb-ros data")
     tr.add_argument("--out", type=Path, required=True, help="run folder (resumes if present)")
     tr.add_argument("--large-model", type=Path, help="frozen hint producer (kb preset)")

@@ -27,8 +27,8 @@ class LocalAttention(nn.Module):
     """
     Multi-head attention of each frame over the last ``window`` memory frames.
 
-    With ``null_slot`` a learned key/value (one per head and bin) is always present, so a query
-    with no valid memory (no hint yet) still has a defined output. It sits in front of the
+    With ``null_slot`` a learned key with a zero value (one per head and bin) is always present,
+    so a query with no valid memory (no hint yet) still has a defined output. It sits in front of the
     memory as slot 0 with its own bias row, so the null path costs no extra ops.
     """
 
@@ -56,7 +56,11 @@ class LocalAttention(nn.Module):
             distance = torch.cat([torch.full((QUERY_BLOCK, 1), self.n_positions), distance], 1)
             # shaped [1, heads, 1, F*size] like one memory frame: expanded, never copied
             self.null_key = nn.Parameter(torch.zeros(1, heads, 1, n_freqs * qk_dim))
-            self.null_value = nn.Parameter(torch.zeros(1, heads, 1, n_freqs * self.v_dim))
+            # a zero, untrained value: attending to the null slot means "take less of the
+            # memory", never "add a learned constant", which training would otherwise prefer to
+            # the memory's content (it routes all attention there within a few hundred steps)
+            self.register_buffer("null_value", torch.zeros(1, heads, 1, n_freqs * self.v_dim),
+                                 persistent=False)
         else:
             self.register_parameter("null_key", None)
             self.register_parameter("null_value", None)

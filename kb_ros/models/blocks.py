@@ -40,11 +40,31 @@ class CausalConv2d(nn.Module):
         return self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), past
 
 
+class FrequencyMixer(nn.Module):
+    """
+    A cheap alternative to the BLSTM across bins: a low-rank map across all bins, then PReLU.
+
+    Every bin sees every other, as through the BLSTM, but in two matrix products that run all
+    bins at once instead of a 97-step scan; the map is shared by the channels.
+    """
+
+    def __init__(self, n_freqs: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(n_freqs, rank, bias=False)
+        self.up = nn.Linear(rank, n_freqs)
+        self.activation = nn.PReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [B, T, F, D]`` -> same shape."""
+        return self.activation(self.up(self.down(x.transpose(-1, -2))).transpose(-1, -2))
+
+
 class GridBlock(nn.Module):
     """
-    Intra-frame BLSTM over bins, inter-frame LSTM over time, optional local self-attention.
+    Intra-frame path across bins, inter-frame LSTM over time, optional local self-attention.
 
     Each path is LayerNorm -> sequence model -> linear -> residual; all are causal in time.
+    The intra-frame model is the BLSTM or the ``FrequencyMixer``, as ``config.freq_path`` says.
     """
 
     def __init__(self, config: ModelConfig, n_freqs: int, dim: int | None = None) -> None:
@@ -52,8 +72,12 @@ class GridBlock(nn.Module):
         super().__init__()
         dim, hidden = dim or config.emb_dim, config.lstm_hidden
         self.intra_norm = nn.LayerNorm(dim)
-        self.intra_rnn = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
-        self.intra_proj = nn.Linear(2 * hidden, dim)
+        if config.freq_path == "mixer":
+            self.intra_rnn, self.intra_mixer = None, FrequencyMixer(n_freqs, config.freq_hidden)
+            self.intra_proj = nn.Linear(dim, dim)
+        else:
+            self.intra_rnn = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
+            self.intra_mixer, self.intra_proj = None, nn.Linear(2 * hidden, dim)
         self.inter_norm = nn.LayerNorm(dim)
         self.inter_rnn = nn.LSTM(dim, hidden, batch_first=True)
         self.inter_proj = nn.Linear(hidden, dim)
@@ -69,7 +93,11 @@ class GridBlock(nn.Module):
 
     def forward(self, x: Tensor, state: BlockState) -> tuple[Tensor, BlockState]:
         batch, frames, n_freqs, dim = x.shape
-        y, _ = self.intra_rnn(self.intra_norm(x).reshape(batch * frames, n_freqs, dim))
+        y = self.intra_norm(x)
+        if self.intra_rnn is not None:
+            y = self.intra_rnn(y.reshape(batch * frames, n_freqs, dim))[0]
+        else:
+            y = self.intra_mixer(y)
         x = x + self.intra_proj(y).view(batch, frames, n_freqs, dim)
         y = self.inter_norm(x).transpose(1, 2)  # [B, F, T, D]
         if frames == 1:  # a streaming step: same weights and math, the cell kernel is 2-3x faster
@@ -197,6 +225,11 @@ class HintFusion(nn.Module):
     delay the output by a chunks, so the current frame ``x[t]`` queries a memory of recent
     merged frames (relative position ``t - j``) and the result is added to ``x[t]``. A learned
     null slot defines the no-hint path.
+
+    The fusion's output projection starts at zero, so an untrained fusion adds nothing. Left at
+    random, the attended frames are noise to the model at first, and training learns to shut
+    them out through the null slot (all attention on it within a few hundred steps) before the
+    hints' content can show its worth.
     """
 
     def __init__(self, config: ModelConfig, n_freqs: int) -> None:
@@ -209,6 +242,9 @@ class HintFusion(nn.Module):
         self.attention = LocalAttention(dim, n_freqs, config.fusion_heads, config.fusion_qk_dim,
                                         config.memory_frames, max_offset=config.max_age,
                                         null_slot=True)
+        with torch.no_grad():  # starts as the identity: see the class docstring
+            self.attention.proj.weight.zero_()
+            self.attention.proj.bias.zero_()
 
     def initial_state(self, batch: int, like: Tensor) -> FusionState:
         fifo = like.new_zeros(batch, self.max_age, like.shape[-2], self.film.in_features)
