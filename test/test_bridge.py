@@ -19,7 +19,9 @@ import zmq.auth
 from kb_ros.cli.graph import LocalGraph, NodeProcess
 from kb_ros.cli.main import main as kb_ros_main
 from kb_ros.cli.recorder import TopicLog, TopicRecorder
+from kb_ros.models.checkpoint import read_manifest
 from kb_ros.nodes.link_node import BridgeRelay
+from kb_ros.resources import shipped_model_path
 from kb_ros.transport import qos
 from kb_ros.transport.bridge_keys import (load_authorized_devices, load_public_key,
                                           load_secret_key)
@@ -415,7 +417,8 @@ def test_device_rides_out_workstation_restarts_and_rejects_an_untrained_producer
 
         ws_link.stop()  # 4.
         other_ws_graph.start("link_node", **workstation_params(keys_dir, port))
-        assert wait_until(lambda: "model=small-" in device.hint_info.messages[-1].msg
+        other_id = read_manifest(shipped_model_path("small"))["model_id"]
+        assert wait_until(lambda: f"model={other_id}" in device.hint_info.messages[-1].msg
                           .coding_format, 60)
         switched_ns = time.time_ns() + 300_000_000  # hints still in flight are past
         assert wait_until(lambda: hints_since(device.hints, switched_ns) >= 25, 30)

@@ -35,7 +35,7 @@ def chunk(k: int) -> bytes:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_every_received_chunk_is_published_before_exit(tmp_path, sig):
     """
-    Chunks come every ~1 ms, faster than the node enhances them, and go on after the signal.
+    Chunks come every ~0.3 ms, faster than the node enhances them, and go on after the signal.
 
     Every chunk sent before the signal was received (loopback takes well under the 2 ms
     before it), so each must come out; later ones may or may not, but only in order.
@@ -52,7 +52,7 @@ def test_every_received_chunk_is_published_before_exit(tmp_path, sig):
         before_signal = queued = 0
         for k, stamp in enumerate(sent):
             peer.send(peer.audio, stamp, chunk(k))
-            time.sleep(0.001)
+            time.sleep(0.0002)
             if not before_signal and (k >= 100 or k + 1 - len(peer.enhanced.read(N=4096)) > 30):
                 time.sleep(0.002)
                 before_signal = k + 1

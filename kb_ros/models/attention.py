@@ -27,9 +27,9 @@ class LocalAttention(nn.Module):
     """
     Multi-head attention of each frame over the last ``window`` memory frames.
 
-    With ``null_slot`` a learned key with a zero value (one per head and bin) is always present,
-    so a query with no valid memory (no hint yet) still has a defined output. It sits in front of the
-    memory as slot 0 with its own bias row, so the null path costs no extra ops.
+    With ``null_slot`` a learned key with a zero value (one per head and bin) is always
+    present, so a query with no valid memory (no hint yet) still has a defined output. It sits
+    in front of the memory as slot 0 with its own bias row, so the null path costs no extra ops.
     """
 
     def __init__(self, dim: int, n_freqs: int, heads: int, qk_dim: int, window: int,
