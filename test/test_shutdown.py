@@ -38,11 +38,11 @@ BURST_CHUNKS = 60
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_every_received_chunk_is_published_before_exit(tmp_path, sig):
     """
-    Sixty chunks come back to back, far faster than the node enhances them; then the signal,
-    while more chunks come.
+    Sixty chunks come back to back, far faster than the node enhances them, then the signal.
 
-    Every chunk sent before the signal was received (loopback takes well under the 2 ms
-    before it), so each must come out; later ones may or may not, but only in order.
+    More chunks come after it. Every chunk sent before the signal was received (loopback
+    takes well under the 2 ms before it), so each must come out; later ones may or may not,
+    but only in order.
     """
     dom = domain_id(int(sig))
     with LocalGraph(dom, log_dir=tmp_path) as graph:
