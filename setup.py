@@ -33,6 +33,7 @@ setup(
     extras_require={
         "audio": ["sounddevice>=0.4.6"],
         "bridge": ["pyzmq>=25"],
+        "onnx": ["onnxruntime>=1.20", "onnx>=1.17", "onnxscript>=0.5"],
         "data": ["pyroomacoustics>=0.7"],
         "metrics": ["pesq>=0.0.4", "pystoi>=0.4"],
         "dev": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6", "flake8>=6",

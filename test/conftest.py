@@ -11,3 +11,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_graphs_of_shipped_models():
+    """
+    Export the shipped models' ONNX graphs into the cache once, up front.
+
+    The first start with a model exports it (seconds of CPU): a node process doing so in the
+    middle of a timed test would load this 2-core machine like an injected fault. Single-stream
+    steps of every shipped model (nodes, bag replay, evaluation) and the batch-free steps of
+    the hint producers (hint_node serves ``small`` in the fault scenarios).
+    """
+    from kb_ros.boosting.batched_engine import BatchedEngine
+    from kb_ros.boosting.engine import ChunkEngine
+    from kb_ros.models.shipped import load_model_and_manifest
+    for name in ("small", "kb", "large"):
+        model = load_model_and_manifest(name)[0]
+        ChunkEngine(model)
+        if name != "kb":
+            BatchedEngine(model, 1)

@@ -77,10 +77,11 @@ def test_engine_mixes_down_and_repeats_channels():
 
 def test_engine_replaces_non_finite_output_with_silence_and_resets():
     small = model("small")
-    engine = ChunkEngine(small)
     with torch.no_grad():
         for param in small.decoder.parameters():
             param.fill_(float("nan"))
+    engine = ChunkEngine(small)  # compiled steps take the weights as they are when built
+    assert engine.runtime == "onnxruntime"
     out = engine.process(speechlike(128))
     assert np.all(out == 0) and engine.counters.non_finite_outputs == 1
 
@@ -179,10 +180,10 @@ def test_limiter_bounds_a_model_with_loud_output(speech, glitch_db):
 
 def test_limiter_catches_a_glitch_starting_mid_stream(speech):
     model = shipped("small")
-    engine = ChunkEngine(model)
+    engine = ChunkEngine(model, runtime="torchscript")  # sees the weights change mid-stream
     reference = stream(ChunkEngine(shipped("small"), output_margin_db=None), speech[:100 * 128])
     before = stream(engine, speech[:100 * 128])
-    np.testing.assert_array_equal(before, reference)
+    np.testing.assert_allclose(before, reference, rtol=0, atol=1e-5)
     with torch.no_grad():
         for param in model.decoder.parameters():
             param.mul_(100.0)

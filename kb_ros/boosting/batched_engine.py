@@ -19,7 +19,8 @@ import torch
 
 from kb_ros.boosting.engine import adapt_channels
 from kb_ros.models.model import StreamingModel
-from kb_ros.models.traced import PackedState, TracedStep
+from kb_ros.models.onnx_step import build_batched_steps
+from kb_ros.models.traced import PackedState
 
 WARM_UP_STEPS = 3
 
@@ -38,13 +39,14 @@ class BatchedEngine:
 
     Outputs are made safe per stream as ``ChunkEngine`` does for one: a stream whose output is
     not finite gets silence and a fresh state (reported in ``BatchOutput.reset_streams``), and
-    samples are clipped to full scale; the other streams of the step are untouched. A traced
-    step is built for every batch size up front, so no step ever waits for a trace. ``device``
+    samples are clipped to full scale; the other streams of the step are untouched. Steps for
+    every batch size are built up front (``build_batched_steps``: one batch-free ONNX Runtime
+    graph, else a TorchScript trace per size), so no step ever waits for a compile. ``device``
     is the torch device of the model and the states (``cpu``, ``cuda``, ``cuda:1``...).
     """
 
     def __init__(self, model: StreamingModel, max_streams: int, *, threads: int = 1,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", runtime: str = "auto") -> None:
         if max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {max_streams}")
         try:
@@ -61,7 +63,9 @@ class BatchedEngine:
         self.sources = model.config.n_sources
         self.chunk_frames = 128
         self.max_streams = max_streams
-        self._steps = [TracedStep(model, batch) for batch in range(1, max_streams + 1)]
+        self._steps, self.runtime_note = build_batched_steps(self.model, max_streams, runtime,
+                                                             max(threads, 1))
+        self.runtime = self._steps[0].runtime
         self._fresh: PackedState = self._steps[0].initial_state()
         self._rows = [tensor.shape[0] for tensor in self._fresh]  # dim-0 rows of one stream
         self._states: list[PackedState] = [self._fresh] * max_streams
@@ -70,7 +74,7 @@ class BatchedEngine:
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """Run each batch size's trace a few times: TorchScript optimises on its first calls."""
+        """Run each batch size a few times: TorchScript optimises on its first calls."""
         silence = np.zeros((self.chunk_frames, self.in_channels), np.float32)
         for batch in range(1, self.max_streams + 1):
             for _ in range(WARM_UP_STEPS):

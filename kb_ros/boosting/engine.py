@@ -17,7 +17,7 @@ from kb_ros.boosting.hint_matcher import MatchedHint
 from kb_ros.boosting.limiter import DEFAULT_OUTPUT_MARGIN_DB, OutputLimiter
 from kb_ros.boosting.stats import LatencyStats
 from kb_ros.models.model import StreamingModel
-from kb_ros.models.traced import TracedStep
+from kb_ros.models.onnx_step import build_step
 
 
 @dataclass
@@ -36,16 +36,17 @@ class ChunkEngine:
     The output is made safe: a non-finite model output is replaced by silence and the model
     state is reset (counted); an ``OutputLimiter`` keeps it within ``output_margin_db`` of the
     input it estimates and within full scale (None turns it off: raw model output, clipped).
-    ``traced`` runs the bit-identical TorchScript step (``kb_ros.models.traced``), about a
-    third faster per chunk.
+    ``runtime`` picks how a step runs (``kb_ros.models.onnx_step.build_step``): ``auto`` is
+    ONNX Runtime when it can be used, else TorchScript; ``runtime_note`` says why it fell back.
     """
 
-    def __init__(self, model: StreamingModel, *, threads: int = 1, traced: bool = True,
+    def __init__(self, model: StreamingModel, *, threads: int = 1, runtime: str = "auto",
                  output_margin_db: float | None = DEFAULT_OUTPUT_MARGIN_DB) -> None:
         if threads > 0:
             torch.set_num_threads(threads)
         self.model = model.eval()
-        self._step = TracedStep(model) if traced else model
+        self._step, self.runtime_note = build_step(model, runtime, max(threads, 1))
+        self.runtime = getattr(self._step, "runtime", "eager")
         cfg = model.config
         self.in_channels = cfg.in_channels
         self.sources = cfg.n_sources

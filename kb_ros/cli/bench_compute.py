@@ -32,6 +32,7 @@ from kb_ros.models.config import PRESETS, get_config
 from kb_ros.models.filterbank import N_FREQS
 from kb_ros.models.model import StreamingModel
 from kb_ros.models.shipped import load_model_and_manifest
+from kb_ros.models.onnx_step import OnnxStep, OnnxUnavailable
 from kb_ros.models.traced import TracedStep
 from kb_ros.resources import demo_sample_path
 
@@ -110,6 +111,7 @@ def shipped_compute(demo: DemoAudio, chunks: int) -> dict[str, dict]:
         samples = time_calls(step, chunks, warmup=min(50, chunks))
         macs = count_macs(model, with_hint=hinted)
         results[key] = {**samples.summary(), "model_id": manifest["model_id"],
+                        "runtime": engine.runtime,
                         "params": macs["params"], "macs_per_chunk": macs["macs_per_chunk"],
                         "paper_macs_per_chunk": PAPER_MACS_PER_CHUNK[name],
                         "ops_per_chunk": TracedStep(model).op_count(hinted)}
@@ -166,11 +168,16 @@ def module_breakdown(model: StreamingModel, demo: DemoAudio, steps: int) -> dict
 
 
 def freeze_ablation(model: StreamingModel, demo: DemoAudio, steps: int) -> dict[str, Any]:
-    """Eager, traced, frozen and optimized steps with a hint: thread-CPU p50/p99, agreement."""
+    """Time eager, traced, frozen, optimized and ONNX steps with a hint; check they agree."""
     cfg = model.config
-    runners = {"eager": model, "traced": TracedStep(model),
-               "traced_frozen": TracedStep(model, freeze=True),
-               "traced_frozen_optimize_for_inference": TracedStep(model, optimize=True)}
+    runners: dict[str, Any] = {
+        "eager": model, "traced": TracedStep(model),
+        "traced_frozen": TracedStep(model, freeze=True),
+        "traced_frozen_optimize_for_inference": TracedStep(model, optimize=True)}
+    try:
+        runners["onnxruntime"] = OnnxStep(model)
+    except OnnxUnavailable:
+        pass  # the engine falls back to TorchScript too; the table just has no ONNX row
     results, outputs = {}, {}
     for name, step in runners.items():
         state, outs = None, []

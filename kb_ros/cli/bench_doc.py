@@ -73,11 +73,13 @@ def _compute(report: dict[str, Any]) -> list[str]:
                      row["ops_per_chunk"], _ms(row), _cpu(row)])
     dtln = compute["dtln_ms_per_block"]
     lines = ["## Compute per chunk", "",
-             f"The shipped models through `ChunkEngine` as the nodes run them (TorchScript step, "
-             f"one thread, output limiter) on the shipped speech sample, "
+             f"The shipped models through `ChunkEngine` as the nodes run them (step on "
+             f"{report['boosted_compute_ms'].get('runtime', 'torchscript')}, one thread, output "
+             f"limiter) on the shipped speech sample, "
              f"{report['small_compute_ms']['n']} chunks each; kb gets the large model's real "
              f"output as its hint, {compute['hint_age_chunks']} chunks old. MACs count matrix "
-             "products and convolutions of one step; ops are the aten ops of the traced step.",
+             "products and convolutions of one step; ops are the aten ops of the TorchScript "
+             "step.",
              ""]
     lines += _table(["model", "params", "MACs/chunk", "paper's MACs/chunk", "ops/chunk",
                      "wall p50 / p99 ms", "x 8 ms", "CPU p50 / p99 ms"], rows)
@@ -103,9 +105,10 @@ def _where(report: dict[str, Any]) -> list[str]:
              "op). Nested rows (`.intra_rnn`: the frequency BLSTM; `.attention`) are part of "
              "the row above them.", ""]
     lines += _table(["module", "CPU ms", "share of the eager step"], rows)
-    lines += ["Eager, traced (what the engine runs), traced + `torch.jit.freeze` and that + "
-              "`torch.jit.optimize_for_inference`, kb with a hint, thread CPU ms; the last "
-              "column is the largest output difference from eager:", ""]
+    lines += ["Eager, traced, traced + `torch.jit.freeze`, that + "
+              "`torch.jit.optimize_for_inference`, and ONNX Runtime (what the engine runs when "
+              "it can), kb with a hint, thread CPU ms; the last column is the largest output "
+              "difference from eager:", ""]
     lines += _table(["step", "CPU p50", "CPU p99", "max abs diff"], ablation)
     return lines
 

@@ -26,6 +26,7 @@ from kb_ros.boosting.offline import run_pipeline
 from kb_ros.cli.graph import LocalGraph
 from kb_ros.cli.recorder import TopicLog, TopicRecorder
 from kb_ros.models.shipped import load_model_and_manifest
+from kb_ros.nodes.common import prepare_node_steps
 from kb_ros.resources import demo_sample_path
 from kb_ros.transport import qos
 from kb_ros.transport.messages import AUDIO_INFO, AUDIO_STAMPED, DIAGNOSTIC_ARRAY
@@ -93,6 +94,8 @@ def run_demo(opts: DemoOptions) -> dict:
     hint_info = recorder.record(AUDIO_INFO, "/kb/remote/hint_info", qos.INFO_SUB)
     diag_log = recorder.record(DIAGNOSTIC_ARRAY, "/diagnostics", qos.DIAGNOSTICS)
     recorder.start()
+    say("  preparing the models' steps (the first run exports them to ONNX, then cached) ...")
+    prepare_node_steps()
     graph = LocalGraph(domain_id, log_dir=out / "logs")
     try:
         say("  starting small_node, hint_node, link_node, playback_node ...")

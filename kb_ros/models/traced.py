@@ -1,11 +1,14 @@
 """
-A traced streaming step: ``StreamingModel`` without its per-op Python overhead.
+Compiled one-chunk steps: ``StreamingModel`` without its per-op Python overhead.
 
 A kb step is ~200 tiny torch ops. Called from Python each op also costs argument parsing and
-dispatch, about 40% of the step on one CPU thread. A TorchScript trace of the one-chunk step
-runs the same kernels in the same order (bit-identical output) without that overhead.
-``torch.jit`` is deprecated in favour of ``torch.compile``/``torch.export``, but on CPU those do
-not speed these models up, so it is used here, for inference only.
+dispatch, about 40% of the step on one CPU thread. ``FlatStep`` is what every compiled step
+shares (a flat tuple of state tensors, the input checks, a graph with and one without a hint);
+``TracedStep`` is the TorchScript one, a trace that runs the same kernels in the same order
+(bit-identical output). ``kb_ros.models.onnx_step.OnnxStep`` runs the same graph on ONNX
+Runtime, faster again. ``torch.jit`` is deprecated in favour of ``torch.compile``/
+``torch.export``, but on CPU those do not speed these models up, so it is the fallback here,
+for inference only.
 
 A trace bakes in the batch size, the chunk length (one chunk) and whether a hint is given, so
 there are two traces (with and without a hint). The state is carried as a flat tuple of
@@ -13,8 +16,7 @@ tensors; ``unpack``/``pack`` convert from and to ``State``.
 
 ``freeze`` folds the weights into the graphs (``torch.jit.freeze``) and ``optimize`` also runs
 ``torch.jit.optimize_for_inference``: measured no faster for these models (``kb-ros bench``,
-docs/BENCHMARKS.md), and a frozen step no longer sees later changes to the model's weights, so
-the engine uses neither.
+docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -45,21 +47,69 @@ class _Step(nn.Module):
         return (out, *flatten_tensors(state))
 
 
-class TracedStep:
+class FlatStep:
     """
-    ``step(mix [B, C, HOP], used_hint, hint_age, state) -> (out, state)`` for one chunk.
+    What every compiled one-chunk step shares: the flat state, the input checks, two graphs.
 
-    Same contract and checks as ``StreamingModel.forward`` with ``state`` a ``PackedState``
-    (None at the start of a stream). Build it after the weights are final, in eval mode.
+    ``step(mix [B, C, HOP], used_hint, hint_age, state) -> (out, state)`` for one chunk, with
+    the contract and checks of ``StreamingModel.forward`` and ``state`` a ``PackedState``
+    (None at the start of a stream). ``batch`` None means any batch size.
     """
+
+    runtime = ""
+
+    def __init__(self, model: StreamingModel, batch: int | None) -> None:
+        self.model, self.batch = model, batch
+        param = next(model.parameters())
+        self._template = model.initial_state(batch or 1, param.device, param.dtype)
+        self._initial = flatten_tensors(self._template)
+
+    def initial_state(self) -> PackedState:
+        """Return the packed state of a fresh stream (of one when ``batch`` is None)."""
+        return self._initial
+
+    def pack(self, state: State) -> PackedState:
+        return flatten_tensors(state)
+
+    def unpack(self, packed: PackedState) -> State:
+        return unflatten_tensors(self._template, packed)
+
+    def __call__(self, mix: Tensor, used_hint: Tensor | None = None,
+                 hint_age: Tensor | None = None,
+                 state: PackedState | None = None) -> tuple[Tensor, PackedState]:
+        if (self.batch is not None and mix.shape[0] != self.batch) or mix.shape[-1] != HOP:
+            raise ValueError(f"this step takes [{self.batch or 'B'}, C, {HOP}], "
+                             f"got {list(mix.shape)}")
+        age = self.model.check_inputs(mix, used_hint, hint_age)
+        packed = self._initial if state is None else state
+        if age is None or not self.model.config.uses_hints:
+            result = self._run_plain(mix, packed)
+        else:
+            result = self._run_hinted(mix, used_hint, age, packed)
+        return result[0], tuple(result[1:])
+
+    def _run_plain(self, mix: Tensor, packed: PackedState) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def _run_hinted(self, mix: Tensor, hint: Tensor, age: Tensor,
+                    packed: PackedState) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+
+class TracedStep(FlatStep):
+    """
+    The TorchScript step: bit-identical to ``StreamingModel.forward``, without Python per op.
+
+    Build it after the weights are final, in eval mode.
+    """
+
+    runtime = "torchscript"
 
     def __init__(self, model: StreamingModel, batch: int = 1, freeze: bool = False,
                  optimize: bool = False) -> None:
-        self.model, self.batch = model, batch
-        param = next(model.parameters())
-        self._template = model.initial_state(batch, param.device, param.dtype)
-        self._initial = flatten_tensors(self._template)
+        super().__init__(model, batch)
         cfg = model.config
+        param = next(model.parameters())
         mix = param.new_zeros(batch, cfg.in_channels, HOP)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -88,25 +138,9 @@ class TracedStep:
         graph = self._hinted if hinted and self._hinted is not None else self._plain
         return sum(node.kind().startswith("aten::") for node in graph.inlined_graph.nodes())
 
-    def initial_state(self) -> PackedState:
-        return self._initial
+    def _run_plain(self, mix: Tensor, packed: PackedState) -> tuple[Tensor, ...]:
+        return self._plain(mix, *packed)
 
-    def pack(self, state: State) -> PackedState:
-        return flatten_tensors(state)
-
-    def unpack(self, packed: PackedState) -> State:
-        return unflatten_tensors(self._template, packed)
-
-    def __call__(self, mix: Tensor, used_hint: Tensor | None = None,
-                 hint_age: Tensor | None = None,
-                 state: PackedState | None = None) -> tuple[Tensor, PackedState]:
-        if mix.shape[0] != self.batch or mix.shape[-1] != HOP:
-            raise ValueError(f"a traced step takes [{self.batch}, C, {HOP}], "
-                             f"got {list(mix.shape)}")
-        age = self.model.check_inputs(mix, used_hint, hint_age)
-        packed = self._initial if state is None else state
-        if age is None or self._hinted is None:
-            result = self._plain(mix, *packed)
-        else:
-            result = self._hinted(mix, used_hint, age, *packed)
-        return result[0], tuple(result[1:])
+    def _run_hinted(self, mix: Tensor, hint: Tensor, age: Tensor,
+                    packed: PackedState) -> tuple[Tensor, ...]:
+        return self._hinted(mix, hint, age, *packed)

@@ -56,6 +56,33 @@ def compute_budget_params(warn_ratio: float) -> list[ParamSpec]:
     ]
 
 
+RUNTIME_PARAM = ParamSpec(
+    "runtime", "auto", "How the model's step runs: auto (ONNX Runtime on CPU when it can, "
+    "else TorchScript; the first start with a model exports it, then it is cached), onnx, "
+    "torchscript", read_only=True, choices=("auto", "onnx", "torchscript"))
+
+
+def prepare_node_steps(small_model: str = "kb", large_model: str = "large") -> None:
+    """
+    Build the steps small_node and hint_node will run, so their ONNX graphs are cached.
+
+    The first start with a model exports its graph (seconds); nodes started together would
+    each do it at once.
+    """
+    from kb_ros.boosting.batched_engine import BatchedEngine
+    from kb_ros.boosting.engine import ChunkEngine
+    from kb_ros.models.shipped import load_model_and_manifest
+    ChunkEngine(load_model_and_manifest(small_model)[0])
+    BatchedEngine(load_model_and_manifest(large_model)[0], 1)
+
+
+def log_runtime(log: Logger, runtime: str, note: str) -> None:
+    """Say how the model runs, and warn when it fell back from ONNX Runtime."""
+    if note:
+        log.warning(note)
+    log.info(f"model step runs on {runtime}")
+
+
 def declare_all(backend: Backend, specs: list[ParamSpec]) -> dict[str, Any]:
     """
     Declare every parameter of a node and return their values by name.

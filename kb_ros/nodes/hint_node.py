@@ -27,8 +27,9 @@ from kb_ros.boosting.hint_format import (DEFAULT_HINT_FORMAT, HINT_FORMATS, Hint
                                          hint_audio_format)
 from kb_ros.boosting.hint_server import HintServer, StreamCounters
 from kb_ros.models.shipped import load_model_and_manifest
-from kb_ros.nodes.common import (ERROR, OK, WARN, DropLog, RateMeter, adopt_format,
-                                 audio_input, compute_budget_params, declare_all)
+from kb_ros.nodes.common import (ERROR, OK, RUNTIME_PARAM, WARN, DropLog, RateMeter,
+                                 adopt_format, audio_input, compute_budget_params, declare_all,
+                                 log_runtime)
 from kb_ros.nodes.runner import run_node
 from kb_ros.transport import qos
 from kb_ros.transport.backend import Backend, DiagnosticReport, Logger, ParamSpec, Publisher
@@ -44,7 +45,8 @@ PARAMS = [
     ParamSpec("hint_format", DEFAULT_HINT_FORMAT, "Coding of `hints`: MULAW (G.711 mu-law, "
               "128 kbit/s per source), S16LE (256) or F32LE (512); docs/BENCHMARKS.md",
               read_only=True, choices=tuple(HINT_FORMATS)),
-    ParamSpec("threads", 1, "Torch intra-op threads", read_only=True, int_range=(1, 64)),
+    ParamSpec("threads", 1, "Intra-op threads", read_only=True, int_range=(1, 64)),
+    RUNTIME_PARAM,
     ParamSpec("device", "cpu", "Torch device of the large model: cpu, cuda or cuda:N (one "
               "hint_node per GPU)", read_only=True),
     ParamSpec("streams", [""], "Device streams served, one namespace each, relative to the "
@@ -102,7 +104,9 @@ class HintNode:
         model, manifest = load_model_and_manifest(self.params["model"])
         self.model_id = manifest["model_id"]
         engine = BatchedEngine(model, len(names), threads=self.params["threads"],
+                               runtime=self.params["runtime"],
                                device=self.params["device"])
+        log_runtime(self.log, engine.runtime, engine.runtime_note)
         self.server = HintServer(engine, self.publish_hint,
                                  max_queue_chunks=self.params["max_queue_chunks"])
         self.hint_format = hint_audio_format(self.params["hint_format"], engine.sources)

@@ -19,8 +19,9 @@ from kb_ros.boosting.limiter import DEFAULT_OUTPUT_MARGIN_DB
 from kb_ros.boosting.stats import LatencyStats
 from kb_ros.models.filterbank import OUTPUT_DELAY_SAMPLES
 from kb_ros.models.shipped import load_model_and_manifest
-from kb_ros.nodes.common import (ERROR, OK, WARN, DropLog, RateMeter, adopt_format,
-                                 audio_input, compute_budget_params, declare_all)
+from kb_ros.nodes.common import (ERROR, OK, RUNTIME_PARAM, WARN, DropLog, RateMeter,
+                                 adopt_format, audio_input, compute_budget_params, declare_all,
+                                 log_runtime)
 from kb_ros.nodes.runner import run_node
 from kb_ros.transport import qos
 from kb_ros.transport.backend import Backend, DiagnosticReport, ParamSpec
@@ -38,8 +39,9 @@ PARAMS = [
     ParamSpec("accept_any_hint_model", False,
               "Accept hints from any producer model (testing only: hints from a model the "
               "small model was not trained with degrade it)", read_only=True),
-    ParamSpec("threads", 1, "Torch intra-op threads (1 is fastest for small models)",
+    ParamSpec("threads", 1, "Intra-op threads (1 is fastest for small models)",
               read_only=True, int_range=(1, 64)),
+    RUNTIME_PARAM,
     ParamSpec("output_margin_db", DEFAULT_OUTPUT_MARGIN_DB,
               "Output limiter: each output chunk stays within this many dB of the input it "
               "estimates (and within full scale); gain changes are ramped", read_only=True,
@@ -76,7 +78,9 @@ class SmallNode:
         self.params = declare_all(backend, PARAMS)
         model, manifest = load_model_and_manifest(self.params["model"])
         self.engine = ChunkEngine(model, threads=self.params["threads"],
+                                  runtime=self.params["runtime"],
                                   output_margin_db=self.params["output_margin_db"])
+        log_runtime(self.log, self.engine.runtime, self.engine.runtime_note)
         self.sources = self.engine.sources
         producers = None if self.params["accept_any_hint_model"] else frozenset(
             manifest["recipe"].get("hint_producers", []))

@@ -1,0 +1,289 @@
+"""
+The one-chunk step run by ONNX Runtime: ``TracedStep``'s graph with a cheaper call per op.
+
+A device step is a few hundred tiny ops, so what each op costs to call matters more than its
+arithmetic. ONNX Runtime calls its kernels from C++ and fuses some of them: on this project's
+2-core VM (one thread, steps back to back) ``ChunkEngine`` runs the kb step in 0.74 ms
+against TorchScript's 1.19 (p99 1.27 against 2.39), the bare large step in about 2 ms against
+3. At the real pace of one chunk per 8 ms both are slower (caches go cold between chunks) and
+the gap narrows (docs/BENCHMARKS.md).
+
+Exporting (``torch.onnx.export``, the dynamo exporter) takes seconds, so the exported graphs are
+cached on disk, keyed by the weights, the config, the batch and the library versions: only the
+first start with a model pays it. Every new session is checked against the torch model on a
+few random chunks before use. Whatever goes wrong (onnxruntime or onnxscript not installed, an
+op the exporter cannot take, a mismatch) raises ``OnnxUnavailable``; ``build_step`` then falls
+back to TorchScript and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kb_ros.models.filterbank import HOP
+from kb_ros.models.model import StreamingModel
+from kb_ros.models.traced import FlatStep, PackedState, TracedStep, _Step
+
+RUNTIMES = ("auto", "onnx", "torchscript", "eager")
+CHECK_CHUNKS = 5
+CHECK_ATOL = 1e-4
+_EXPORT_BATCH = 2  # torch.export specializes sizes 0 and 1, so a batch-free graph is traced at 2
+_VERSIONED = ("torch", "onnx", "onnxscript", "onnxruntime")
+# onnxscript's graph optimizer (0.7.2) takes ``x + 1e-8`` (the magnitude compression's epsilon)
+# for ``x + 0`` and drops it, which turns silent input into NaN; ONNX Runtime optimizes the
+# graph itself when it loads it (this costs about 10% of the step).
+_EXPORT_OPTIONS = {"dynamo": True, "optimize": False}
+
+
+class OnnxUnavailable(RuntimeError):
+    """This model cannot run on ONNX Runtime here; the message says why."""
+
+
+def cache_dir() -> Path:
+    """``$KB_ROS_CACHE_DIR``, else ``$XDG_CACHE_HOME/kb_ros``, else ``~/.cache/kb_ros``."""
+    if os.environ.get("KB_ROS_CACHE_DIR"):
+        return Path(os.environ["KB_ROS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "kb_ros"
+
+
+def _versions() -> str:
+    try:
+        return ",".join(f"{name}={metadata.version(name)}" for name in _VERSIONED)
+    except metadata.PackageNotFoundError as err:
+        raise OnnxUnavailable(f"{err.name} is not installed (pip install 'kb_ros[onnx]')"
+                              ) from None
+
+
+def graph_key(model: StreamingModel, batch: int | None, hinted: bool) -> str:
+    """Digest everything the exported graph depends on (its cache file's name)."""
+    digest = hashlib.sha256(
+        f"{model.config!r}|{batch}|{hinted}|{_EXPORT_OPTIONS}|{_versions()}".encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+class OnnxStep(FlatStep):
+    """
+    ``FlatStep`` on ONNX Runtime (CPU). ``batch`` None exports one graph for any batch size.
+
+    Raises ``OnnxUnavailable`` when it cannot be built or does not match the torch model.
+    """
+
+    runtime = "onnxruntime"
+
+    def __init__(self, model: StreamingModel, batch: int | None = 1, *, threads: int = 1,
+                 cache: Path | None = None) -> None:
+        param = next(model.parameters())
+        if param.device.type != "cpu" or param.dtype != torch.float32:
+            raise OnnxUnavailable("ONNX Runtime is used for float32 CPU models only")
+        try:
+            import onnxruntime
+        except ImportError:
+            raise OnnxUnavailable("onnxruntime is not installed (pip install 'kb_ros[onnx]')"
+                                  ) from None
+        super().__init__(model.eval(), batch)
+        self._ort = onnxruntime
+        self._threads = threads
+        self._cache = cache or cache_dir() / "onnx"
+        self.exported = 0  # graphs exported by this step (0 when all came from the cache)
+        self._plain = self._session(hinted=False)
+        self._hinted = self._session(hinted=True) if model.config.uses_hints else None
+        self._check()
+
+    def _session(self, hinted: bool) -> tuple[Any, list[str]]:
+        """Load the graph from the cache, else export it (and cache it where writable)."""
+        path = self._cache / f"{graph_key(self.model, self.batch, hinted)}.onnx"
+        if path.exists():
+            try:
+                return self._load(str(path))
+            except OnnxUnavailable:
+                path.unlink(missing_ok=True)  # a torn or foreign file: export again
+        proto = self._export(hinted)
+        self.exported += 1
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+                tmp.write(proto)
+            os.replace(tmp.name, path)  # atomic: nodes starting together may export at once
+        except OSError:
+            pass  # a read-only cache: the next start exports again
+        return self._load(proto)
+
+    def _load(self, graph: str | bytes) -> tuple[Any, list[str]]:
+        options = self._ort.SessionOptions()
+        options.intra_op_num_threads = max(self._threads, 1)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = self._ort.InferenceSession(graph, options,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - any load failure means: not usable here
+            raise OnnxUnavailable(f"ONNX Runtime cannot load the graph: {_first_line(err)}"
+                                  ) from err
+        return session, [node.name for node in session.get_inputs()]
+
+    def _example(self, hinted: bool) -> tuple[Tensor, ...]:
+        cfg = self.model.config
+        batch = self.batch or _EXPORT_BATCH
+        state = self.model.initial_state(batch, torch.device("cpu"), torch.float32)
+        head: tuple[Tensor, ...] = (torch.zeros(batch, cfg.in_channels, HOP),)
+        if hinted:
+            head += (torch.zeros(batch, cfg.n_sources, HOP),
+                     torch.full((batch, 1), cfg.min_age, dtype=torch.long))
+        return head + tuple(self.pack(state))
+
+    def _dynamic_shapes(self, example: tuple[Tensor, ...]) -> tuple[Any, ...] | None:
+        """Mark the batch dim of every input; state rows may hold ``k * batch`` (k per stream)."""
+        if self.batch is not None:
+            return None
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        one = self._initial
+        n_head = len(example) - len(one)
+        specs: list[dict[int, Any]] = [{0: batch}] * n_head
+        for fresh, tensor in zip(one, example[n_head:]):
+            rows = tensor.shape[0] // _EXPORT_BATCH
+            if fresh.shape[0] != rows or tensor.shape[1:] != fresh.shape[1:]:
+                raise OnnxUnavailable("a state tensor does not hold its batch in dim 0")
+            specs.append({0: batch * rows if rows > 1 else batch})
+        return (specs[0], tuple(specs[1:]))
+
+    def _export(self, hinted: bool) -> bytes:
+        example = self._example(hinted)
+        module = _Step(self.model, self.model.initial_state(1, torch.device("cpu"), torch.float32)
+                       if self.batch is None else self._template, hinted)
+        try:
+            import onnxscript  # noqa: F401 - the dynamo exporter needs it
+        except ImportError:
+            raise OnnxUnavailable("onnxscript is not installed (pip install 'kb_ros[onnx]')"
+                                  ) from None
+        try:
+            with torch.no_grad(), warnings.catch_warnings(), _quiet_torch_onnx(), \
+                    contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(module, example, verbose=False, **_EXPORT_OPTIONS,
+                                            dynamic_shapes=self._dynamic_shapes(example))
+            return program.model_proto.SerializeToString()
+        except OnnxUnavailable:
+            raise
+        except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
+            raise OnnxUnavailable(f"export failed: {type(err).__name__}: {_first_line(err)}"
+                                  ) from err
+
+    def _check(self) -> None:
+        """Compare a few streamed chunks with the torch model (two batch sizes if batch-free)."""
+        generator = torch.Generator().manual_seed(0)
+        cfg = self.model.config
+        for batch in ([self.batch] if self.batch else [1, 3]):
+            state = ref_state = None
+            for chunk in range(CHECK_CHUNKS):  # silence first: it takes every epsilon
+                mix = 0.1 * chunk * torch.randn(batch, cfg.in_channels, HOP, generator=generator)
+                hint = age = None
+                if cfg.uses_hints:
+                    hint = 0.1 * torch.randn(batch, cfg.n_sources, HOP, generator=generator)
+                    age = torch.full((batch, 1), cfg.min_age, dtype=torch.long)
+                with torch.no_grad():
+                    ref, ref_state = self.model(mix, hint, age, ref_state)
+                try:
+                    out, state = self(mix, hint, age,
+                                      self._batched_initial(batch) if state is None else state)
+                except Exception as err:  # noqa: BLE001 - a graph that cannot run is unusable
+                    raise OnnxUnavailable("the exported step fails: "
+                                          f"{_first_line(err)}") from err
+                if not torch.allclose(out, ref, rtol=0, atol=CHECK_ATOL, equal_nan=True):
+                    error = float((out - ref).abs().nan_to_num(float("inf")).max())
+                    raise OnnxUnavailable(f"the exported step differs from the model by {error}")
+
+    def _batched_initial(self, batch: int) -> PackedState:
+        return tuple(torch.cat([tensor] * batch) for tensor in self._initial)
+
+    @staticmethod
+    def _run(graph: tuple[Any, list[str]], inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        session, names = graph
+        if len(names) != len(inputs):
+            raise RuntimeError(f"the graph takes {len(names)} inputs, got {len(inputs)}")
+        feeds = {name: tensor.numpy() for name, tensor in zip(names, inputs)}
+        return tuple(torch.from_numpy(np.asarray(array)) for array in session.run(None, feeds))
+
+    def _run_plain(self, mix: Tensor, packed: PackedState) -> tuple[Tensor, ...]:
+        return self._run(self._plain, (mix, *packed))
+
+    def _run_hinted(self, mix: Tensor, hint: Tensor, age: Tensor,
+                    packed: PackedState) -> tuple[Tensor, ...]:
+        return self._run(self._hinted, (mix, hint, age, *packed))
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(err).__name__
+
+
+@contextlib.contextmanager
+def _quiet_torch_onnx() -> Iterator[None]:
+    """Silence the exporter's warning per optional op library (torchvision) it lacks."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _onnx_step(model: StreamingModel, runtime: str, batch: int | None,
+               threads: int) -> tuple[OnnxStep | None, str]:
+    """Build the ONNX step ``runtime`` asks for, or return None and why not."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime not in ("auto", "onnx"):
+        return None, ""
+    try:
+        return OnnxStep(model, batch, threads=threads), ""
+    except OnnxUnavailable as err:
+        if runtime == "onnx":
+            raise
+        return None, f"ONNX Runtime not used ({err}); running TorchScript"
+
+
+def build_step(model: StreamingModel, runtime: str = "auto",
+               threads: int = 1) -> tuple[FlatStep | StreamingModel, str]:
+    """
+    Return the fastest one-stream step ``runtime`` allows and a note on any fallback ('').
+
+    ``auto``: ONNX Runtime for CPU models, else TorchScript. ``onnx`` insists (raises
+    ``OnnxUnavailable``). ``eager`` returns the model itself.
+    """
+    step, note = _onnx_step(model, runtime, 1, threads)
+    if step is not None:
+        return step, note
+    return (model if runtime == "eager" else TracedStep(model)), note
+
+
+def build_batched_steps(model: StreamingModel, max_streams: int, runtime: str = "auto",
+                        threads: int = 1) -> tuple[list[FlatStep], str]:
+    """
+    Return a step for each batch size 1..max_streams and a note on any fallback.
+
+    On ONNX Runtime one batch-free graph serves every size; TorchScript needs a trace per size.
+    """
+    if runtime == "eager":
+        raise ValueError("a batched engine runs a compiled step (auto, onnx or torchscript)")
+    step, note = _onnx_step(model, runtime, None, threads)
+    if step is not None:
+        return [step] * max_streams, note
+    return [TracedStep(model, batch) for batch in range(1, max_streams + 1)], note
