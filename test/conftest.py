@@ -23,11 +23,5 @@ def onnx_graphs_of_shipped_models():
     steps of every shipped model (nodes, bag replay, evaluation) and the batch-free steps of
     the hint producers (hint_node serves ``small`` in the fault scenarios).
     """
-    from kb_ros.boosting.batched_engine import BatchedEngine
-    from kb_ros.boosting.engine import ChunkEngine
-    from kb_ros.models.shipped import load_model_and_manifest
-    for name in ("small", "kb", "large"):
-        model = load_model_and_manifest(name)[0]
-        ChunkEngine(model)
-        if name != "kb":
-            BatchedEngine(model, 1)
+    from kb_ros.nodes.common import prepare_node_steps
+    prepare_node_steps(("small", "kb", "large"), ("small", "large"))

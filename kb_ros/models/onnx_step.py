@@ -29,7 +29,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -108,10 +107,11 @@ class OnnxStep(FlatStep):
 
     def _session(self, hinted: bool) -> tuple[Any, list[str]]:
         """Load the graph from the cache, else export it (and cache it where writable)."""
+        inputs = (3 if hinted else 1) + len(self._initial)  # mix (, hint, age), the state
         path = self._cache / f"{graph_key(self.model, self.batch, hinted)}.onnx"
         if path.exists():
             try:
-                return self._load(str(path))
+                return self._load(str(path), inputs)
             except OnnxUnavailable:
                 with contextlib.suppress(OSError):  # a torn or foreign file: export again
                     path.unlink(missing_ok=True)
@@ -124,9 +124,9 @@ class OnnxStep(FlatStep):
             os.replace(tmp.name, path)  # atomic: nodes starting together may export at once
         except OSError:
             pass  # a read-only cache: the next start exports again
-        return self._load(proto)
+        return self._load(proto, inputs)
 
-    def _load(self, graph: str | bytes) -> tuple[Any, list[str]]:
+    def _load(self, graph: str | bytes, inputs: int) -> tuple[Any, list[str]]:
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = max(self._threads, 1)
         options.inter_op_num_threads = 1
@@ -137,7 +137,10 @@ class OnnxStep(FlatStep):
         except Exception as err:  # noqa: BLE001 - any load failure means: not usable here
             raise OnnxUnavailable(f"ONNX Runtime cannot load the graph: {_first_line(err)}"
                                   ) from err
-        return session, [node.name for node in session.get_inputs()]
+        names = [node.name for node in session.get_inputs()]
+        if len(names) != inputs:
+            raise OnnxUnavailable(f"the graph takes {len(names)} inputs, the step has {inputs}")
+        return session, names
 
     def _example(self, hinted: bool) -> tuple[Tensor, ...]:
         cfg = self.model.config
@@ -166,8 +169,7 @@ class OnnxStep(FlatStep):
 
     def _export(self, hinted: bool) -> bytes:
         example = self._example(hinted)
-        module = _Step(self.model, self.model.initial_state(1, torch.device("cpu"), torch.float32)
-                       if self.batch is None else self._template, hinted)
+        module = _Step(self.model, self._template, hinted)  # the template only gives structure
         try:
             import onnxscript  # noqa: F401 - the dynamo exporter needs it
         except ImportError:
@@ -216,10 +218,8 @@ class OnnxStep(FlatStep):
     @staticmethod
     def _run(graph: tuple[Any, list[str]], inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         session, names = graph
-        if len(names) != len(inputs):
-            raise RuntimeError(f"the graph takes {len(names)} inputs, got {len(inputs)}")
         feeds = {name: tensor.numpy() for name, tensor in zip(names, inputs)}
-        return tuple(torch.from_numpy(np.asarray(array)) for array in session.run(None, feeds))
+        return tuple(torch.from_numpy(array) for array in session.run(None, feeds))
 
     def _run_plain(self, mix: Tensor, packed: PackedState) -> tuple[Tensor, ...]:
         return self._run(self._plain, (mix, *packed))

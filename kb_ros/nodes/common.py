@@ -62,18 +62,21 @@ RUNTIME_PARAM = ParamSpec(
     "torchscript", read_only=True, choices=("auto", "onnx", "torchscript"))
 
 
-def prepare_node_steps(small_model: str = "kb", large_model: str = "large") -> None:
+def prepare_node_steps(device_models: tuple[str, ...] = ("kb",),
+                       hint_models: tuple[str, ...] = ("large",)) -> None:
     """
-    Build the steps small_node and hint_node will run, so their ONNX graphs are cached.
+    Build the steps small_node (device models) and hint_node (hint models) will run.
 
-    The first start with a model exports its graph (seconds); nodes started together would
-    each do it at once.
+    So their ONNX graphs are cached: the first start with a model exports its graph (seconds),
+    and nodes started together would each do it at once.
     """
     from kb_ros.boosting.batched_engine import BatchedEngine
     from kb_ros.boosting.engine import ChunkEngine
     from kb_ros.models.shipped import load_model_and_manifest
-    ChunkEngine(load_model_and_manifest(small_model)[0])
-    BatchedEngine(load_model_and_manifest(large_model)[0], 1)
+    for name in device_models:
+        ChunkEngine(load_model_and_manifest(name)[0])
+    for name in hint_models:
+        BatchedEngine(load_model_and_manifest(name)[0], 1)
 
 
 def log_runtime(log: Logger, runtime: str, note: str) -> None:
