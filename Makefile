@@ -40,12 +40,14 @@ models: venv system-test-deps
 	$(BIN)/kb-ros train small_fast --data $(DATA) --out $(RUNS)/small_fast $(TRAIN_ARGS) \
 		--val-every 250
 	$(SHIP) $(RUNS)/small_fast small --data $(DATA)
-	$(BIN)/kb-ros train kb_fast --data $(DATA) --out $(RUNS)/kb_fast $(KB_ARGS)
+	$(BIN)/kb-ros train kb_fast --data $(DATA) --out $(RUNS)/kb_fast --init-from $(SHIPPED)/small \
+		$(KB_ARGS)
 	$(SHIP) $(RUNS)/kb_fast kb --data $(DATA)
 	for preset in medium small_gc; do \
 		$(BIN)/kb-ros train $$preset --data $(DATA) --out $(RUNS)/$$preset $(TRAIN_ARGS) \
 			--val-every 150 && $(SHIP) $(RUNS)/$$preset $$preset --data $(DATA) || exit 1; done
-	$(BIN)/kb-ros train kb_d4 --data $(DATA) --out $(RUNS)/kb_d4 $(KB_ARGS)
+	$(BIN)/kb-ros train kb_d4 --data $(DATA) --out $(RUNS)/kb_d4 --init-from $(SHIPPED)/small \
+		$(KB_ARGS)
 	$(SHIP) $(RUNS)/kb_d4 kb_d4 --data $(DATA)
 	$(BIN)/kb-ros train kb_gc --data $(DATA) --out $(RUNS)/kb_gc --init-from $(SHIPPED)/small_gc \
 		$(KB_ARGS)

@@ -23,7 +23,7 @@ from kb_ros.cli.recorder import TopicRecorder
 from kb_ros.models.checkpoint import read_manifest
 from kb_ros.resources import shipped_model_path
 from kb_ros.transport import qos
-from kb_ros.transport.messages import DIAGNOSTIC_ARRAY
+from kb_ros.transport.messages import AUDIO_STAMPED, DIAGNOSTIC_ARRAY
 from ros_peer import AudioPeer
 
 CHUNK_NS = 8_000_000
@@ -148,3 +148,76 @@ def test_small_node_survives_hostile_traffic(tmp_path):
     assert int(values["hits"]) > 0 and int(values["input_reanchors"]) == 0
     ages = {int(a) for a in ast.literal_eval(values["age_histogram"])}
     assert ages <= set(range(1, 9))
+
+
+@pytest.mark.timeout(300)
+def test_small_node_survives_a_stamp_past_int32_seconds(tmp_path):
+    """
+    A stamp of ``sec = 2**31 - 1, nanosec = 2**32 - 1`` is dropped, not published.
+
+    It is valid CDR. As the first block it anchored the stream, and publishing its enhanced
+    chunk (``sec`` 2**31 + 3) killed the node.
+    """
+    from ros_peer import AudioData_, AudioDataStamped_, Header_, Time_
+
+    dom = domain_id(2)
+    valid = [T0 + k * CHUNK_NS for k in range(20)]
+    with LocalGraph(dom, log_dir=tmp_path) as graph:
+        node = graph.start("small_node")
+        graph.wait_ready(120)
+        peer = AudioPeer(dom)
+        peer.wait_matched()
+        peer.announce(peer.audio_info)
+        time.sleep(0.5)
+        silence = np.zeros(128, "<f4").tobytes()
+        peer.audio.write(AudioDataStamped_(Header_(Time_(2**31 - 1, 2**32 - 1), "hostile"),
+                                           AudioData_(silence)))
+        time.sleep(0.3)
+        for stamp in valid:
+            peer.send(peer.audio, stamp, silence)
+            time.sleep(0.006)
+        stamps = peer.collect(len(valid), timeout_s=30)
+        assert node.proc.poll() is None, "\n".join(node.lines[-20:])
+        codes = graph.stop()
+    assert codes["small_node"] == 0 and not any("Traceback" in line for line in node.lines)
+    assert stamps == valid
+
+
+@pytest.mark.timeout(300)
+def test_link_node_relays_past_a_stamp_no_publisher_can_write(tmp_path):
+    """
+    A relayed stamp that no publisher can write does not kill link_node.
+
+    link_node passes stamps on as they came, so the message above killed it too. A
+    ``nanosec`` of 1e9 or more is not a ``builtin_interfaces/Time``: it is read as no stamp
+    (0), which the relay passes on and small_node drops as ``bad_stamp``.
+    """
+    from ros_peer import AudioData_, AudioDataStamped_, Header_, Time_
+
+    dom = domain_id(3)
+    valid = [T0 + k * CHUNK_NS for k in range(20)]
+    silence = np.zeros(128, "<f4").tobytes()
+    recorder = TopicRecorder(dom, name="kb_test_link")
+    relayed = recorder.record(AUDIO_STAMPED, "/kb/remote/audio", qos.AUDIO_SUB)
+    recorder.start()
+    try:
+        with LocalGraph(dom, log_dir=tmp_path) as graph:
+            node = graph.start("link_node", uplink_delay_ms=0.0, downlink_delay_ms=0.0)
+            graph.wait_ready(60)
+            peer = AudioPeer(dom)
+            deadline = time.monotonic() + 30
+            while not peer.audio.get_matched_subscriptions() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)  # and the recorder found the relay's publisher
+            peer.audio.write(AudioDataStamped_(Header_(Time_(2**31 - 1, 2**32 - 1), "hostile"),
+                                               AudioData_(silence)))
+            for stamp in valid:
+                time.sleep(0.006)
+                peer.send(peer.audio, stamp, silence)
+            recorder.wait_for("/kb/remote/audio", len(valid) + 1, timeout_s=20)
+            assert node.proc.poll() is None, "\n".join(node.lines[-20:])
+            codes = graph.stop()
+    finally:
+        recorder.stop()
+    assert codes["link_node"] == 0 and not any("Traceback" in line for line in node.lines)
+    assert [rec.msg.stamp_ns for rec in relayed.messages] == [0] + valid

@@ -252,6 +252,72 @@ def test_missing_chunks_of_our_own_topic_keep_their_stamps(models, tmp_path):
     assert report["hints"]["invalid_total"] == 0
 
 
+def test_stray_stamps_do_not_blow_up_scoring(models, tmp_path):
+    """
+    A reference block stamped near the epoch and one near 2038, and an input restart in 2038.
+
+    Scores cover the input's own stamps: the strays change nothing, the restart is scored as
+    its own run instead of an axis of the decades between (tebibytes: MemoryError).
+    """
+    rng = np.random.default_rng(4)
+    blocks = {topic: [(START_SAMPLE + 128 * k, (0.1 * rng.standard_normal((128, 1))).astype(
+        np.float32)) for k in range(60)] for topic in ("/kb/audio", "/kb/reference")}
+    late = 2_100_000_000 * RATE  # in 2036, still an int32 second
+    strays = {"/kb/audio": [(late + 128 * k, blocks["/kb/audio"][k][1]) for k in range(5)],
+              "/kb/reference": [(1, blocks["/kb/reference"][0][1]),
+                                (late + 128 * 9, blocks["/kb/reference"][1][1])]}
+    scores = []
+    for name, extra in (("clean", {}), ("stray_refs", {"/kb/reference": strays["/kb/reference"]}),
+                        ("restart", strays)):
+        with BagWriter(tmp_path / name, "mcap") as writer:
+            for topic in ("/kb/audio", "/kb/reference"):
+                writer.add_topic(info_topic(topic), AUDIO_INFO, offered_qos(info_topic(topic)))
+                writer.add_topic(topic, AUDIO_STAMPED, offered_qos(topic))
+                writer.write(info_topic(topic), AudioInfoMsg(), 1)
+                for first, audio in blocks[topic] + extra.get(topic, []):
+                    stamp = first * NS_PER_FRAME
+                    writer.write(topic, AudioChunkMsg(stamp, encode_pcm(audio, AudioFormat())),
+                                 stamp + 128 * NS_PER_FRAME)
+        report = replay_bag(ReplayOptions(tmp_path / name, tmp_path / f"out_{name}", **models))
+        assert report["reference_topic"] == "/kb/reference"
+        assert all(np.isfinite(v) for v in report["si_snri_db"].values()), report["si_snri_db"]
+        scores.append(report["si_snri_db"])
+    assert scores[1] == scores[0]
+    assert report["input_stamps"]["gaps"] == 1 and report["enhanced_chunks"] == 60 + 3
+
+
+def test_audio_in_a_format_replay_cannot_use_fails_clearly(models, tmp_path):
+    """
+    audio_capture at 48 kHz: its only audio_info is unusable, so replay must refuse the bag.
+
+    Decoding it as the default F32LE 16 kHz would replay noise. A bad info after a good one is
+    only counted (as small_node does): the stream keeps the good format.
+    """
+    audio = [(START_SAMPLE + 160 * k, np.full((160, 1), 0.01, np.float32)) for k in range(40)]
+    write_audio_bag(tmp_path / "48k", "/audio/audio_stamped", audio,
+                    AudioFormat(sample_rate=48000, sample_format="S16LE"))
+    result = kb_ros("replay", str(tmp_path / "48k"), "-o", str(tmp_path / "out_48k"),
+                    "--audio-topic", "/audio/audio_stamped", "--model", models["model"],
+                    "--large-model", models["large_model"])
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert str(tmp_path / "48k") in result.stderr and "48000 Hz" in result.stderr
+
+    with BagWriter(tmp_path / "late_bad_info", "mcap") as writer:
+        writer.add_topic("/kb/audio_info", AUDIO_INFO, offered_qos("/kb/audio_info"))
+        writer.add_topic("/kb/audio", AUDIO_STAMPED, offered_qos("/kb/audio"))
+        writer.write("/kb/audio_info", AudioInfoMsg(sample_format="S16LE"), 1)
+        for k, (first, block) in enumerate(audio):
+            if k == 20:
+                writer.write("/kb/audio_info", AudioInfoMsg(sample_rate=48000), first * 62500)
+            writer.write("/kb/audio", AudioChunkMsg(first * NS_PER_FRAME, encode_pcm(
+                block, AudioFormat(sample_format="S16LE"))), (first + 160) * NS_PER_FRAME)
+    report = replay_bag(ReplayOptions(tmp_path / "late_bad_info", tmp_path / "out_late",
+                                      **models))
+    assert report["input_drops"] == {} and report["enhanced_chunks"] == 40 * 160 // 128
+    assert len(report["format_errors"]) == 1
+
+
 def _corrupt_cases(tmp_path: Path) -> dict[str, Path]:
     """Damaged copies of a good mcap and a good sqlite3 bag, and other broken bags."""
     chunks = [(START_SAMPLE + 128 * k, np.zeros((128, 1), np.float32)) for k in range(400)]

@@ -184,6 +184,22 @@ def test_stamp_guard_drops_a_single_stamp_off_the_timeline(bad_stamp, reason):
     assert guard.stats.blocks == 20 and guard.stats.reanchors == 0
 
 
+def test_stamps_past_int32_seconds_are_dropped_not_published():
+    """
+    A block whose chunks would carry a ``sec`` past int32 is a bad stamp, even as the first.
+
+    ``sec = 2**31 - 1`` with ``nanosec`` up to ``2**32 - 1`` is valid CDR.
+    """
+    last_s = (2**31 - 1) * 10**9
+    stream = PcmChunkStream(AudioFormat())
+    block = encode_pcm(np.zeros((160, 1), np.float32), AudioFormat())
+    assert stream.push(last_s + 2**32 - 1, block[:512]) == []
+    assert stream.push(last_s - 5_000_000, block) == []  # its last 5 ms lie past the range
+    assert stream.drops["bad_stamp"] == 2
+    chunks = stream.push(last_s - 20_000_000, block)  # ends 10 ms before the last second
+    assert chunks and all(c.stamp_ns // 10**9 < 2**31 for c in chunks)
+
+
 @pytest.mark.parametrize("jump_s", [-60.0, -0.5, 5.0])
 def test_stamp_guard_reanchors_once_a_new_timeline_is_confirmed(jump_s):
     """A restarted capture or a replayed bag: the first two blocks go, then it follows."""

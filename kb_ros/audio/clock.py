@@ -16,6 +16,20 @@ SAMPLE_RATE = 16000
 CHUNK_FRAMES = 128
 CHUNK_MS = CHUNK_FRAMES * 1000 / SAMPLE_RATE  # 8 ms: the per-chunk compute budget
 NS_PER_S = 1_000_000_000
+# builtin_interfaces/Time.sec is an int32: audio ending later has chunk stamps no publisher can
+# write (sec = 2**31 - 1 with nanosec up to 2**32 - 1 arrives as valid CDR).
+MAX_STAMP_NS = (2**31 - 1) * NS_PER_S
+
+
+def join_stamp(sec: int, nanosec: int) -> int:
+    """
+    Nanoseconds of a ``builtin_interfaces/Time``, or 0 (no stamp) for one that is not valid.
+
+    ``nanosec`` must lie in [0, 1e9), but CDR carries any uint32: ``sec = 2**31 - 1`` with
+    ``nanosec = 2**32 - 1`` would join to a stamp no publisher can write back. As 0 it is a
+    counted ``bad_stamp`` drop downstream, and a relay passes it on without failing.
+    """
+    return sec * NS_PER_S + nanosec if 0 <= nanosec < NS_PER_S else 0
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,7 @@ class StampGuard:
 
     def admit(self, stamp_ns: int, frames: int) -> str | None:
         """Return None if a block of ``frames`` stamped ``stamp_ns`` is admitted, else why not."""
-        if stamp_ns <= 0:
+        if not 0 < stamp_ns <= MAX_STAMP_NS - frames * NS_PER_S // self.sample_rate:
             return "bad_stamp"
         first = round(stamp_ns * self.sample_rate / NS_PER_S)
         if self._next_sample is not None:

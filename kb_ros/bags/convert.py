@@ -16,7 +16,7 @@ from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness, Q
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
-from kb_ros.audio.clock import NS_PER_S
+from kb_ros.audio.clock import NS_PER_S, join_stamp
 from kb_ros.transport.messages import (AUDIO_INFO, AUDIO_STAMPED, DIAGNOSTIC_ARRAY,
                                        AudioChunkMsg, AudioInfoMsg, DiagnosticArrayMsg,
                                        DiagnosticStatusMsg)
@@ -43,7 +43,7 @@ def _header(store: Typestore, stamp_ns: int, frame_id: str) -> Any:
 
 
 def _stamp_ns(header: Any) -> int:
-    return header.stamp.sec * NS_PER_S + header.stamp.nanosec
+    return join_stamp(header.stamp.sec, header.stamp.nanosec)
 
 
 class MessageCodec:

@@ -17,6 +17,7 @@ trailing partial chunk is not processed, as in the live nodes.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from kb_ros.transport.messages import (AUDIO_INFO, AUDIO_STAMPED, AudioChunkMsg,
 
 CHUNK_NS = CHUNK_FRAMES * NS_PER_S // SAMPLE_RATE
 NODE_NAME = "bag_replay"
+MAX_SCORED_GAP_NS = NS_PER_S  # longer input gaps (restarts) are left out of the scoring axis
 
 
 @dataclass
@@ -75,35 +77,67 @@ class Timeline:
 
     def __init__(self) -> None:
         self.blocks: list[tuple[int, np.ndarray]] = []
+        self._sorted = True
 
     def add(self, stamp_ns: int, audio: np.ndarray) -> None:
+        self._sorted = self._sorted and (not self.blocks or self.blocks[-1][0] <= stamp_ns)
         self.blocks.append((stamp_ns, audio.mean(axis=1)))
 
-    def span_ns(self) -> tuple[int, int]:
-        return (min(stamp for stamp, _ in self.blocks),
-                max(stamp + len(audio) * NS_PER_S // SAMPLE_RATE for stamp, audio in self.blocks))
+    def _sorted_blocks(self) -> list[tuple[int, np.ndarray]]:
+        """Return the blocks by stamp (sorted once: stamps usually arrive in order)."""
+        if not self._sorted:
+            self.blocks.sort(key=lambda block: block[0])
+            self._sorted = True
+        return self.blocks
 
-    def render(self, origin_ns: int, frames: int) -> np.ndarray:
-        out = np.zeros(frames, np.float32)
-        for stamp_ns, audio in self.blocks:
-            start = round((stamp_ns - origin_ns) * SAMPLE_RATE / NS_PER_S)
-            lo, hi = max(start, 0), min(start + len(audio), frames)
-            if lo < hi:
-                out[lo:hi] = audio[lo - start:hi - start]
-        return out
+    def runs(self) -> list[tuple[int, int]]:
+        """Stamp spans ``[start, end)`` the blocks cover, joined across gaps up to 1 s."""
+        runs: list[list[int]] = []
+        for stamp_ns, audio in self._sorted_blocks():
+            end_ns = stamp_ns + len(audio) * NS_PER_S // SAMPLE_RATE
+            if runs and stamp_ns <= runs[-1][1] + MAX_SCORED_GAP_NS:
+                runs[-1][1] = max(runs[-1][1], end_ns)
+            else:
+                runs.append([stamp_ns, end_ns])
+        return [(start, end) for start, end in runs]
+
+    def render(self, runs: list[tuple[int, int]]) -> np.ndarray:
+        """
+        Return the audio of the stamp spans ``runs``, end to end; blocks outside are left out.
+
+        Each span visits only the blocks that can reach it (bisected by stamp), so many spans
+        cost no more than a few.
+        """
+        blocks = self._sorted_blocks()
+        stamps = [stamp_ns for stamp_ns, _ in blocks]
+        longest = max((len(audio) for _, audio in blocks), default=0)
+        reach_ns = (longest + 1) * NS_PER_S // SAMPLE_RATE
+        parts = []
+        for origin_ns, end_ns in runs:
+            out = np.zeros(round((end_ns - origin_ns) * SAMPLE_RATE / NS_PER_S), np.float32)
+            for stamp_ns, audio in blocks[bisect.bisect_left(stamps, origin_ns - reach_ns):
+                                          bisect.bisect_right(stamps, end_ns)]:
+                start = round((stamp_ns - origin_ns) * SAMPLE_RATE / NS_PER_S)
+                lo, hi = max(start, 0), min(start + len(audio), len(out))
+                if lo < hi:
+                    out[lo:hi] = audio[lo - start:hi - start]
+            parts.append(out)
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def score_timelines(timelines: dict[str, Timeline]) -> dict[str, float]:
     """
     SI-SNRi of ``boosted`` and ``large`` against ``reference`` over ``mix``.
 
-    All are placed on the stamps' common axis.
+    All are placed on the stamps of the mix (the audio the models saw): its runs, end to end.
+    A reference block stamped far from it, or a restart of the input a day later, then costs
+    nothing, where one axis over every stamp would try to allocate the time between them.
     """
-    spans = [line.span_ns() for line in timelines.values() if line.blocks]
-    origin_ns = min(lo for lo, _ in spans)
-    frames = round((max(hi for _, hi in spans) - origin_ns) * SAMPLE_RATE / NS_PER_S)
-    ref, mix = (timelines[name].render(origin_ns, frames) for name in ("reference", "mix"))
-    return {name: si_snri(timelines[name].render(origin_ns, frames), ref, mix)
+    runs = timelines["mix"].runs()
+    if not runs:
+        return {}
+    ref, mix = timelines["reference"].render(runs), timelines["mix"].render(runs)
+    return {name: si_snri(timelines[name].render(runs), ref, mix)
             for name in ("boosted", "large") if timelines[name].blocks}
 
 
@@ -192,6 +226,7 @@ class InProcessReplay:
         self.topics = {name.rsplit("/", 1)[-1]: name for name in live_topics(opts.namespace)}
         self.input_messages = self.enhanced = 0
         self.format_errors: list[str] = []
+        self._audio_info_used = False
         self.enhanced_digest = hashlib.sha256()
         self.timelines = scoring_timelines() if score else {}
         self.reference_format = AudioFormat()
@@ -223,9 +258,19 @@ class InProcessReplay:
     # -- inputs -----------------------------------------------------------------------------
 
     def on_audio_info(self, msg: AudioInfoMsg) -> None:
+        """
+        Adopt the announced format; a bad one after a good one is only counted, as in the node.
+
+        If the bag's first info is unusable (48 kHz, U8, ...) there is no format to fall back
+        on: the default would decode the audio as noise, so the replay stops with the reason.
+        """
         try:
             self.input.set_format(msg.to_format())
+            self._audio_info_used = True
         except PcmError as err:
+            if not self._audio_info_used:
+                raise BagError(f"{self.opts.bag}: {info_topic(self.opts.audio_topic)} announces "
+                               f"a format replay cannot use: {err}") from None
             self.format_errors.append(str(err))
 
     def on_reference_info(self, msg: AudioInfoMsg) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Callable
 
@@ -31,6 +32,7 @@ def run_node(node_class: Callable[[Backend], object], node_name: str,
         backend.get_logger().error(f"cannot start: {err}")
         backend.shutdown()
         sys.exit(2)
+    freeze_startup_heap()
     try:
         backend.spin(before_close=getattr(node, "finish", None))
     finally:
@@ -38,3 +40,16 @@ def run_node(node_class: Callable[[Backend], object], node_name: str,
         if close is not None:
             close()
     sys.exit(getattr(node, "exit_code", 0))
+
+
+def freeze_startup_heap() -> None:
+    """
+    Move every object alive after start-up out of the garbage collector's reach.
+
+    A started node holds a few hundred thousand objects (torch, the model, the DDS types) that
+    live as long as it does. Left in the collector's generations, each older-generation pass
+    walks all of them: 2-130 ms measured in small_node, a stall of up to 16 chunks. Frozen,
+    a pass walks only what was made since (``gc.freeze``).
+    """
+    gc.collect()
+    gc.freeze()

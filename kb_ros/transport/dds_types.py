@@ -33,6 +33,7 @@ from cyclonedds.idl._machinery import (BytesMachine, PlainCdrV2SequenceOfPrimiti
 from cyclonedds.idl.annotations import final
 from cyclonedds.idl.types import byte, int32, sequence, uint8, uint32
 
+from kb_ros.audio.clock import join_stamp
 from kb_ros.transport.messages import (AUDIO_INFO, AUDIO_STAMPED, DIAGNOSTIC_ARRAY, AudioChunkMsg,
                                        AudioInfoMsg, DiagnosticArrayMsg, DiagnosticStatusMsg)
 
@@ -152,17 +153,14 @@ def split_stamp(stamp_ns: int) -> Time:
     return Time(sec=sec, nanosec=nanosec)
 
 
-def join_stamp(stamp: Time) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
-
-
 def chunk_to_wire(msg: AudioChunkMsg) -> AudioDataStamped:
     return AudioDataStamped(Header(split_stamp(msg.stamp_ns), msg.frame_id),
                             AudioData(bytes(msg.data)))
 
 
 def chunk_from_wire(wire: AudioDataStamped) -> AudioChunkMsg:
-    return AudioChunkMsg(join_stamp(wire.header.stamp), bytes(wire.audio.data),
+    stamp = wire.header.stamp
+    return AudioChunkMsg(join_stamp(stamp.sec, stamp.nanosec), bytes(wire.audio.data),
                          wire.header.frame_id)
 
 
@@ -184,7 +182,7 @@ def diagnostics_to_wire(msg: DiagnosticArrayMsg) -> DiagnosticArray:
 
 
 def diagnostics_from_wire(wire: DiagnosticArray) -> DiagnosticArrayMsg:
-    return DiagnosticArrayMsg(join_stamp(wire.header.stamp), [
+    return DiagnosticArrayMsg(join_stamp(wire.header.stamp.sec, wire.header.stamp.nanosec), [
         DiagnosticStatusMsg(s.level, s.name, s.message, s.hardware_id,
                             {kv.key: kv.value for kv in s.values})
         for s in wire.status])

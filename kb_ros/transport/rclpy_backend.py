@@ -29,6 +29,7 @@ import threading
 from collections import deque
 from typing import Any, Callable
 
+from kb_ros.audio.clock import join_stamp
 from kb_ros.transport.backend import DiagnosticReport, ParamSpec
 from kb_ros.transport.messages import AUDIO_INFO, AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
 from kb_ros.transport.qos import Durability, QosSpec, Reliability
@@ -74,7 +75,7 @@ class _RosCodecs:
     def from_ros(msg_type: str, ros: Any) -> Any:
         if msg_type == AUDIO_STAMPED:
             stamp = ros.header.stamp
-            return AudioChunkMsg(stamp.sec * 1_000_000_000 + stamp.nanosec,
+            return AudioChunkMsg(join_stamp(stamp.sec, stamp.nanosec),
                                  ros.audio.data.tobytes(), ros.header.frame_id)
         return AudioInfoMsg(ros.channels, ros.sample_rate, ros.sample_format, ros.bitrate,
                             ros.coding_format)
