@@ -216,9 +216,10 @@ class RowEvaluator:
             result, producer = jobs[number]
             self._fill(result, scores)
             self._cache_path(result, producer).write_text(json.dumps(scores))
-        return (f"{len(pending)} rows evaluated by this run ({self.options.workers} worker "
-                f"processes, {(time.monotonic() - start) / 60:.0f} min), "
-                f"{len(jobs) - len(pending)} read from the cache `{self.cache_dir}`")
+        workers = self.options.workers
+        return (f"rows evaluated by this run: {len(pending)} ({workers} worker "
+                f"process{'es' * (workers != 1)}, {(time.monotonic() - start) / 60:.0f} min); "
+                f"read from the cache `{self.cache_dir}`: {len(jobs) - len(pending)}")
 
     def _cache_path(self, result: RowResult, producer: Checkpoint | None) -> Path:
         return self.cache_dir / f"row_{self._key(result.row, result.checkpoint, producer)}.json"
