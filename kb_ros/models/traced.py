@@ -80,9 +80,9 @@ class FlatStep:
         if (self.batch is not None and mix.shape[0] != self.batch) or mix.shape[-1] != HOP:
             raise ValueError(f"this step takes [{self.batch or 'B'}, C, {HOP}], "
                              f"got {list(mix.shape)}")
-        age = self.model.check_inputs(mix, used_hint, hint_age)
+        age = self.model.check_inputs(mix, used_hint, hint_age)  # None: no hint, or no fusion
         packed = self._initial if state is None else state
-        if age is None or not self.model.config.uses_hints:
+        if age is None:
             result = self._run_plain(mix, packed)
         else:
             result = self._run_hinted(mix, used_hint, age, packed)
