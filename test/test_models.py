@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kb_ros.models.attention import QUERY_BLOCK
+from kb_ros.models.attention import QUERY_BLOCK, LocalAttention
 from kb_ros.models.blocks import GROUP_EXCHANGE_FACTOR
 from kb_ros.models.checkpoint import (load_checkpoint, load_model, model_id, read_manifest,
                                       save_model)
@@ -22,7 +23,8 @@ from kb_ros.models.filterbank import (ALGORITHMIC_LATENCY_SAMPLES, HOP, LOOKAHEA
                                       StftSynthesis, analysis_window)
 from kb_ros.models.model import StreamingModel
 from kb_ros.models.state import State, flatten_tensors
-from kb_ros.models.traced import TracedStep
+from kb_ros.models.ring import StateStore
+from kb_ros.models.traced import EagerStep, FlatStep, TracedStep
 from kb_ros.training.hint_schedule import gather_used_hint
 
 F64 = torch.float64
@@ -46,12 +48,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(config: ModelConfig, dtype: torch.dtype = F64, seed: int = 0) -> StreamingModel:
-    """Return a random model whose fusions act (an untrained one has a zero output projection)."""
+    """
+    Return a random model whose fusions act and whose attention sees relative positions.
+
+    Untrained, a fusion has a zero output projection and every position bias is zero.
+    """
     torch.manual_seed(seed)
     model = StreamingModel(config)
     with torch.no_grad():
         for fusion in model.fusions:
             nn.init.normal_(fusion.attention.proj.weight, std=0.3)
+        for module in model.modules():
+            if isinstance(module, LocalAttention):
+                nn.init.normal_(module.position_bias, std=1.0)
     return model.to(dtype).eval()
 
 
@@ -306,6 +315,63 @@ def test_traced_step_is_bit_identical_to_eager(name: str) -> None:
     assert isinstance(step.unpack(packed), State)
     with pytest.raises(ValueError):
         step(mix[..., :2 * HOP])
+
+
+def run_ring_steps(step: FlatStep, streams: int, mix: torch.Tensor, hint: torch.Tensor | None,
+                   ages: torch.Tensor | None, subsets: list[tuple[int, ...]]) -> torch.Tensor:
+    """
+    Step ``streams`` streams through a ``StateStore``, a changing subset of them per call.
+
+    The subsets cycle through all streams, some in a row (state views) and some not (gathered).
+    """
+    store = StateStore(step.initial_state(), step.rings, streams)
+    frames = mix.shape[-1] // HOP
+    done = [0] * streams
+    outs = torch.zeros(streams, step.model.config.n_sources, frames * HOP, dtype=mix.dtype)
+    with torch.inference_mode():
+        for subset in itertools.cycle(subsets):
+            rows = [stream for stream in subset if done[stream] < frames]
+            if not any(frame < frames for frame in done):
+                return outs
+            if not rows:
+                continue
+            pieces = [slice(done[row] * HOP, (done[row] + 1) * HOP) for row in rows]
+            batch_mix = torch.stack([mix[row, :, piece] for row, piece in zip(rows, pieces)])
+            batch_hint = batch_age = None
+            if hint is not None and ages is not None:
+                batch_hint = torch.stack([hint[row, :, piece] for row, piece in zip(rows, pieces)])
+                batch_age = torch.stack([ages[row, done[row]:done[row] + 1] for row in rows])
+            out, new = step(batch_mix, batch_hint, batch_age, store.gather(rows))
+            store.commit(rows, new)
+            for row, piece, chunk in zip(rows, pieces, out):
+                outs[row, :, piece] = chunk
+                done[row] += 1
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_ring_steps_equal_offline_float64(name: str) -> None:
+    """Caches as rings written in place, streams stepping in changing subsets: same output."""
+    config = VARIANTS[name]
+    model = make_model(config)
+    frames = 12  # beyond the 4- and 5-frame memories of the small-window variants: rings wrap
+    mix, hint, ages = inputs(config, frames, batch=3)
+    step = EagerStep(model, batch=None, ring=True)
+    assert len(step.rings) == sum(isinstance(module, LocalAttention)
+                                  for module in model.modules())
+    streamed = run_ring_steps(step, 3, mix, hint, ages, [(0, 1, 2), (0, 2), (1,), (1, 2), (0,)])
+    torch.testing.assert_close(streamed, offline(model, mix, hint, ages), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["large_window4", "kb_memory5"])
+def test_traced_ring_step_equals_eager_ring_step(name: str) -> None:
+    config = VARIANTS[name]
+    model = make_model(config, torch.float32)
+    mix, hint, ages = inputs(config, 9, batch=1, dtype=torch.float32)
+    traced = run_ring_steps(TracedStep(model, ring=True), 1, mix, hint, ages, [(0,)])
+    eager = run_ring_steps(EagerStep(model, ring=True), 1, mix, hint, ages, [(0,)])
+    torch.testing.assert_close(traced, eager, rtol=0, atol=0)
+    torch.testing.assert_close(traced, offline(model, mix, hint, ages), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name,bad_ages", [("kb", (9, -2)), ("kb_d4", (0, 3, 5, 8))])

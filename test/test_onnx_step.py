@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from kb_ros.boosting.engine import ChunkEngine
 from kb_ros.models.config import get_config
 from kb_ros.models.filterbank import HOP
 from kb_ros.models.onnx_step import OnnxStep, OnnxUnavailable, build_step, graph_key
+from kb_ros.models.stream import BoundOnnxStream, StoredStream, build_stream
 from kb_ros.models.traced import TracedStep
 from test_models import VARIANTS, inputs, make_model, offline
 
@@ -117,3 +119,36 @@ def test_engines_run_shipped_models_on_onnx_by_default() -> None:
         assert (engine.runtime, engine.runtime_note) == ("onnxruntime", "")
     large = BatchedEngine(load_model_and_manifest("large")[0], 2)
     assert (large.runtime, large.runtime_note) == ("onnxruntime", "")
+
+
+def test_bound_stream_steps_like_the_stored_one_and_resets() -> None:
+    """Buffers bound once (IOBinding, state ping-pong) give the step's own output, bit for bit."""
+    config = VARIANTS["kb_fast"]
+    model = make_model(config, torch.float32)
+    mix, hint, ages = inputs(config, 9, batch=1, dtype=torch.float32)
+    ages[0, 3] = -1
+    step = OnnxStep(model)
+    bound, stored = BoundOnnxStream(step), StoredStream(step)
+    assert isinstance(build_stream(model)[0], BoundOnnxStream)
+
+    def run(stepper, frames: range) -> list:
+        outs = []
+        for t in frames:
+            chunk = slice(t * HOP, (t + 1) * HOP)
+            age = int(ages[0, t])
+            outs.append(stepper(mix[0, :, chunk].numpy().T, hint[0, :, chunk].numpy().T
+                                if age >= 0 else None, age if age >= 0 else None))
+        return outs
+
+    first = run(bound, range(9))
+    assert all(out.shape == (HOP, config.n_sources) for out in first)
+    for a, b in zip(first, run(stored, range(9))):
+        np.testing.assert_array_equal(a, b)
+    bound.reset()
+    again = run(bound, range(4))  # the ping-pong parity is odd now: reset must still hold
+    for a, b in zip(again, first[:4]):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="hint ages"):
+        bound(mix[0, :, :HOP].numpy().T, hint[0, :, :HOP].numpy().T, config.max_age + 1)
+    with pytest.raises(ValueError):
+        BoundOnnxStream(OnnxStep(model, ring=True))

@@ -3,10 +3,11 @@ One streaming step of a model for many independent streams at once, each with it
 
 A hint server serves several devices with one large model. Running their chunks as one batch
 ``[B, C, 128]`` amortises the per-op cost of a step over B streams. Streams arrive
-asynchronously, so each step holds whichever streams have a chunk: the engine gathers their
-state rows into one batched state and scatters them back only when the set of streams changes.
-Rows of a batch never mix (every layer of ``StreamingModel`` works per batch row), so a
-stream's output does not depend on which other streams share its step.
+asynchronously, so each step holds whichever streams have a chunk: every stream's state lives
+in one ``StateStore`` (the large model's attention caches as rings written in place), which
+hands a step views of the rows of streams in a row and gathers any other set. Rows of a batch
+never mix (every layer of ``StreamingModel`` works per batch row), so a stream's output does
+not depend on which other streams share its step.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from kb_ros.boosting.engine import adapt_channels
 from kb_ros.models.model import StreamingModel
 from kb_ros.models.onnx_step import build_batched_steps
-from kb_ros.models.traced import PackedState
+from kb_ros.models.ring import StateStore, rings_pay
 
 WARM_UP_STEPS = 3
 
@@ -63,15 +64,15 @@ class BatchedEngine:
         self.sources = model.config.n_sources
         self.chunk_frames = 128
         self.max_streams = max_streams
-        self._steps, self.runtime_note = build_batched_steps(self.model, max_streams, runtime,
-                                                             max(threads, 1))
+        self._steps, self.runtime_note = build_batched_steps(
+            self.model, max_streams, runtime, max(threads, 1), ring=rings_pay(model.config))
         self.runtime = self._steps[0].runtime
-        self._fresh: PackedState = self._steps[0].initial_state()
-        self._rows = [tensor.shape[0] for tensor in self._fresh]  # dim-0 rows of one stream
-        self._states: list[PackedState] = [self._fresh] * max_streams
-        self._group: tuple[int, ...] = ()  # streams whose states live in _group_state
-        self._group_state: PackedState = ()
+        self._store = self._new_store()
         self._warm_up()
+
+    def _new_store(self) -> StateStore:
+        step = self._steps[0]
+        return StateStore(step.initial_state(), step.rings, self.max_streams)
 
     def _warm_up(self) -> None:
         """Run each batch size a few times: TorchScript optimises on its first calls."""
@@ -79,13 +80,11 @@ class BatchedEngine:
         for batch in range(1, self.max_streams + 1):
             for _ in range(WARM_UP_STEPS):
                 self.process({stream: silence for stream in range(batch)})
-        self._group, self._group_state = (), ()
-        self._states = [self._fresh] * self.max_streams
+        self._store = self._new_store()
 
     def reset(self, stream: int) -> None:
         """Forget one stream's past (a new stream, or after a non-finite output)."""
-        self._ungroup()
-        self._states[stream] = self._fresh
+        self._store.reset(stream)
 
     def process(self, chunks: Mapping[int, np.ndarray]) -> BatchOutput:
         """One chunk ``[128, channels]`` per listed stream in, one output chunk per stream out."""
@@ -98,8 +97,9 @@ class BatchedEngine:
         if mix.shape[-1] != self.chunk_frames:
             raise ValueError(f"chunks must have {self.chunk_frames} frames, got {mix.shape[-1]}")
         with torch.inference_mode():
-            out, self._group_state = self._steps[len(streams) - 1](
-                torch.from_numpy(mix).to(self.device), None, None, self._batch_state(streams))
+            out, new = self._steps[len(streams) - 1](
+                torch.from_numpy(mix).to(self.device), None, None, self._store.gather(streams))
+            self._store.commit(streams, new)
         audio = out.cpu().numpy().transpose(0, 2, 1)  # [B, frames, sources]
         finite = np.isfinite(audio).all(axis=(1, 2))
         reset_streams = [stream for stream, ok in zip(streams, finite) if not ok]
@@ -110,22 +110,3 @@ class BatchedEngine:
         np.clip(audio, -1.0, 1.0, out=audio)
         return BatchOutput({stream: audio[row] for row, stream in enumerate(streams)},
                            reset_streams)
-
-    def _batch_state(self, streams: tuple[int, ...]) -> PackedState:
-        """Return the batched state of ``streams``, in order; reused while they step together."""
-        if streams != self._group:
-            self._ungroup()
-            self._group_state = tuple(
-                torch.cat([self._states[stream][index] for stream in streams])
-                for index in range(len(self._fresh)))
-            self._group = streams
-        return self._group_state
-
-    def _ungroup(self) -> None:
-        """Scatter the batched state back to the streams it holds (states are never mutated)."""
-        if not self._group:
-            return
-        parts = [tensor.split(rows) for tensor, rows in zip(self._group_state, self._rows)]
-        for row, stream in enumerate(self._group):
-            self._states[stream] = tuple(part[row] for part in parts)
-        self._group, self._group_state = (), ()

@@ -2,7 +2,8 @@
 The per-chunk engine: one model step per 8 ms chunk, with explicit streaming state.
 
 Used unchanged by the nodes (live), by offline evaluation and by bag replay, so every path runs
-the same code. The engine owns the torch tensors it reuses each chunk; it never waits for a hint.
+the same code. The model's state lives in the engine's one-stream stepper
+(``kb_ros.models.stream``: buffers bound once on ONNX Runtime); it never waits for a hint.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from kb_ros.boosting.hint_matcher import MatchedHint
 from kb_ros.boosting.limiter import DEFAULT_OUTPUT_MARGIN_DB, OutputLimiter
 from kb_ros.boosting.stats import LatencyStats
 from kb_ros.models.model import StreamingModel
-from kb_ros.models.onnx_step import build_step
+from kb_ros.models.stream import build_stream
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ChunkEngine:
     The output is made safe: a non-finite model output is replaced by silence and the model
     state is reset (counted); an ``OutputLimiter`` keeps it within ``output_margin_db`` of the
     input it estimates and within full scale (None turns it off: raw model output, clipped).
-    ``runtime`` picks how a step runs (``kb_ros.models.onnx_step.build_step``): ``auto`` is
+    ``runtime`` picks how a step runs (``kb_ros.models.stream.build_stream``): ``auto`` is
     ONNX Runtime when it can be used, else TorchScript; ``runtime_note`` says why it fell back.
     """
 
@@ -45,18 +46,14 @@ class ChunkEngine:
         if threads > 0:
             torch.set_num_threads(threads)
         self.model = model.eval()
-        self._step, self.runtime_note = build_step(model, runtime, max(threads, 1))
-        self.runtime = getattr(self._step, "runtime", "eager")
+        self._stream, self.runtime_note = build_stream(model, runtime, max(threads, 1))
+        self.runtime = self._stream.runtime
         cfg = model.config
         self.in_channels = cfg.in_channels
         self.sources = cfg.n_sources
         self.chunk_frames = 128
         self.counters = EngineCounters()
         self.limiter = OutputLimiter(output_margin_db) if output_margin_db is not None else None
-        self._state = None
-        self._mix = torch.zeros(1, self.in_channels, self.chunk_frames)
-        self._hint = torch.zeros(1, self.sources, self.chunk_frames)
-        self._age = torch.full((1, 1), -1, dtype=torch.long)
         self._warm_up()
 
     def _warm_up(self, steps: int = 5) -> None:
@@ -83,22 +80,17 @@ class ChunkEngine:
 
     def reset(self) -> None:
         """Forget the stream (start of a new stream or after a non-finite output)."""
-        self._state = None
+        self._stream.reset()
 
     def process(self, chunk: np.ndarray, hint: MatchedHint | None = None) -> np.ndarray:
         """One input chunk ``[128, channels]`` in, one output chunk ``[128, sources]`` out."""
         t0 = time.perf_counter()
         mix = adapt_channels(chunk, self.in_channels)
-        self._mix[0].copy_(torch.from_numpy(mix.T))
-        with torch.inference_mode():
-            if hint is not None and self.uses_hints:
-                self._hint[0].copy_(torch.from_numpy(np.ascontiguousarray(hint.audio.T)))
-                self._age[0, 0] = hint.age_chunks
-                out, self._state = self._step(self._mix, self._hint, self._age, self._state)
-                self.counters.boosted += 1
-            else:
-                out, self._state = self._step(self._mix, None, None, self._state)
-        result = out[0].T.numpy()
+        if hint is not None and self.uses_hints:
+            result = self._stream(mix, hint.audio, hint.age_chunks)
+            self.counters.boosted += 1
+        else:
+            result = self._stream(mix)
         if not np.isfinite(result).all():
             self.counters.non_finite_outputs += 1
             self.reset()

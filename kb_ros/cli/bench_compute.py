@@ -33,6 +33,7 @@ from kb_ros.models.filterbank import N_FREQS
 from kb_ros.models.model import StreamingModel
 from kb_ros.models.shipped import load_model_and_manifest
 from kb_ros.models.onnx_step import OnnxStep, OnnxUnavailable
+from kb_ros.models.stream import BoundOnnxStream
 from kb_ros.models.traced import TracedStep
 from kb_ros.resources import demo_sample_path
 
@@ -167,6 +168,19 @@ def module_breakdown(model: StreamingModel, demo: DemoAudio, steps: int) -> dict
             "modules": rows}
 
 
+class _BoundRunner:
+    """``BoundOnnxStream`` (what ``ChunkEngine`` runs) called like a ``FlatStep``."""
+
+    def __init__(self, stream: BoundOnnxStream) -> None:
+        self.stream = stream
+
+    def __call__(self, mix: torch.Tensor, hint: torch.Tensor | None, age: torch.Tensor | None,
+                 state: None) -> tuple[torch.Tensor, None]:
+        out = self.stream(mix[0].T.numpy(), None if hint is None else hint[0].T.numpy(),
+                          None if age is None else int(age))
+        return torch.from_numpy(out.T.copy())[None], None
+
+
 def freeze_ablation(model: StreamingModel, demo: DemoAudio, steps: int) -> dict[str, Any]:
     """Time eager, traced, frozen, optimized and ONNX steps with a hint; check they agree."""
     cfg = model.config
@@ -176,6 +190,7 @@ def freeze_ablation(model: StreamingModel, demo: DemoAudio, steps: int) -> dict[
         "traced_frozen_optimize_for_inference": TracedStep(model, optimize=True)}
     try:
         runners["onnxruntime"] = OnnxStep(model)
+        runners["onnxruntime_bound"] = _BoundRunner(BoundOnnxStream(runners["onnxruntime"]))
     except OnnxUnavailable:
         pass  # the engine falls back to TorchScript too; the table just has no ONNX row
     results, outputs = {}, {}

@@ -8,7 +8,9 @@ for self-attention, the hint's age for fusion memory (so the position is ``t - j
 the hinted chunk), and ``EMPTY`` for a slot with nothing in it. Positions index a learned bias
 per head; every position that must not be seen (empty, outside the window, in the future) maps
 to one extra row of -inf, so masking costs no extra ops. Streaming and full-sequence calls run
-the same code: the cache of the last ``window - 1`` frames is prepended to the new frames.
+the same code: the cache of the last ``window - 1`` frames is prepended to the new frames. A
+streaming step may instead be given the cache as a ``KVRing`` that its caller writes in place
+(``kb_ros.models.ring``), which spares copying the whole cache every chunk.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kb_ros.models.state import KVCache
+from kb_ros.models.state import KVCache, KVRing
 
 QUERY_BLOCK = 256  # queries per score matrix: bounds memory on long offline sequences
 EMPTY = 1 << 20  # offset of an empty memory slot: beyond every real relative position
@@ -88,16 +90,23 @@ class LocalAttention(nn.Module):
         offsets = torch.full((batch, frames), EMPTY, dtype=torch.long, device=like.device)
         return KVCache(keys, values, offsets)
 
-    def forward(self, x: Tensor, new: KVCache, cache: KVCache) -> tuple[Tensor, KVCache]:
+    def forward(self, x: Tensor, new: KVCache,
+                cache: KVCache | KVRing) -> tuple[Tensor, KVCache]:
         """
         Attend from frames ``x [B, T, F, D]`` over memory = ``cache`` + ``new`` (T frames).
 
         Query t sees the memory frames at distance ``0 .. window-1`` (itself included).
-        Returns the projected attention output ``[B, T, F, D]`` (no residual) and the cache.
+        Returns the projected attention output ``[B, T, F, D]`` (no residual) and the cache;
+        given a ``KVRing`` (one frame only), the cache returned is ``new``, for the caller to
+        write into the ring.
         """
         batch, frames = x.shape[:2]
         query = self._split_heads(self.to_query(x), self.qk_dim)
         query = F.layer_norm(query, query.shape[-1:], self.query_scale)
+        if isinstance(cache, KVRing):
+            if frames != 1:
+                raise ValueError(f"a KVRing takes one frame per call, got {frames}")
+            return self._output(self._attend_ring(query, new, cache)), new
         keys, values, offsets = [cache.keys, new.keys], [cache.values, new.values], \
             [cache.offsets, new.offsets]
         if self.null_key is not None:
@@ -116,8 +125,12 @@ class LocalAttention(nn.Module):
             out = torch.cat([self._attend(query[:, :, a:a + QUERY_BLOCK], self._band(keys, a, 2),
                                           self._band(values, a, 2), self._band(offsets, a, 1))
                              for a in range(0, frames, QUERY_BLOCK)], dim=2)
+        return self._output(out), cache
+
+    def _output(self, out: Tensor) -> Tensor:
+        """``[B, heads, T, F*v_dim]`` -> the projected ``[B, T, F, D]``."""
         out = out.unflatten(-1, (self.n_freqs, self.v_dim)).permute(0, 2, 3, 1, 4).flatten(-2)
-        return self.proj(out), cache
+        return self.proj(out)
 
     def _band(self, memory: Tensor, start: int, dim: int) -> Tensor:
         """Return [the null slot and] the memory frames queries ``start .. +QUERY_BLOCK`` see."""
@@ -134,6 +147,29 @@ class LocalAttention(nn.Module):
         """
         position = (self.distance[:query.shape[2], :keys.shape[2]] + offsets.unsqueeze(1)
                     ).clamp(max=self.n_positions + 1)  # [B, Q, M]; n_positions + 1: unseen
-        table = F.pad(self.position_bias, (0, 0, 0, 1), value=float("-inf"))
-        bias = table[position].permute(0, 3, 1, 2)  # [B, h, Q, M]
+        bias = self._bias_table()[position].permute(0, 3, 1, 2)  # [B, h, Q, M]
         return (query @ keys.transpose(-1, -2) + bias).softmax(dim=-1) @ values
+
+    def _attend_ring(self, query: Tensor, new: KVCache, ring: KVRing) -> Tensor:
+        """
+        Attend one query frame ``[B, h, 1, .]`` over [the null slot,] the ring and ``new``.
+
+        The ring is only read: scores and weighted values are taken per part, so no memory is
+        copied to join it with the new frame (the null slot's value is zero: it adds nothing).
+        """
+        scores = [query @ ring.keys.transpose(-1, -2), query @ new.keys.transpose(-1, -2)]
+        positions = [ring.positions, new.offsets]  # the new frame is at distance 0
+        if self.null_key is not None:
+            scores.insert(0, query @ self.null_key.transpose(-1, -2))
+            positions.insert(0, torch.full_like(new.offsets, self.n_positions))
+        position = torch.cat(positions, dim=1).clamp(max=self.n_positions + 1)  # [B, M]
+        bias = self._bias_table()[position].permute(0, 2, 1).unsqueeze(2)  # [B, h, 1, M]
+        weights = (torch.cat(scores, dim=-1) + bias).softmax(dim=-1)
+        slots = ring.keys.shape[2]
+        on_ring = weights.narrow(-1, self.null_slots, slots)
+        on_new = weights.narrow(-1, self.null_slots + slots, 1)
+        return on_ring @ ring.values + on_new * new.values
+
+    def _bias_table(self) -> Tensor:
+        """Position bias rows, plus a last row of -inf for every position that is not seen."""
+        return F.pad(self.position_bias, (0, 0, 0, 1), value=float("-inf"))

@@ -34,7 +34,8 @@ from torch import Tensor
 
 from kb_ros.models.filterbank import HOP
 from kb_ros.models.model import StreamingModel
-from kb_ros.models.traced import FlatStep, PackedState, TracedStep, _Step
+from kb_ros.models.ring import PackedState, StateStore, ring_state
+from kb_ros.models.traced import EagerStep, FlatStep, TracedStep, _Step
 
 RUNTIMES = ("auto", "onnx", "torchscript", "eager")
 CHECK_CHUNKS = 5
@@ -67,10 +68,10 @@ def _versions() -> str:
                               ) from None
 
 
-def graph_key(model: StreamingModel, batch: int | None, hinted: bool) -> str:
+def graph_key(model: StreamingModel, batch: int | None, hinted: bool, ring: bool = False) -> str:
     """Digest everything the exported graph depends on (its cache file's name)."""
     digest = hashlib.sha256(
-        f"{model.config!r}|{batch}|{hinted}|{_EXPORT_OPTIONS}|{_versions()}".encode())
+        f"{model.config!r}|{batch}|{hinted}|{ring}|{_EXPORT_OPTIONS}|{_versions()}".encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -87,7 +88,7 @@ class OnnxStep(FlatStep):
     runtime = "onnxruntime"
 
     def __init__(self, model: StreamingModel, batch: int | None = 1, *, threads: int = 1,
-                 cache: Path | None = None) -> None:
+                 cache: Path | None = None, ring: bool = False) -> None:
         param = next(model.parameters())
         if param.device.type != "cpu" or param.dtype != torch.float32:
             raise OnnxUnavailable("ONNX Runtime is used for float32 CPU models only")
@@ -96,7 +97,7 @@ class OnnxStep(FlatStep):
         except ImportError:
             raise OnnxUnavailable("onnxruntime is not installed (pip install 'kb_ros[onnx]')"
                                   ) from None
-        super().__init__(model.eval(), batch)
+        super().__init__(model.eval(), batch, ring)
         self._ort = onnxruntime
         self._threads = threads
         self._cache = cache or cache_dir() / "onnx"
@@ -105,10 +106,21 @@ class OnnxStep(FlatStep):
         self._hinted = self._session(hinted=True) if model.config.uses_hints else None
         self._check()
 
+    def sessions(self) -> dict[bool, tuple[Any, list[str]]]:
+        """Return each graph's session and input names, keyed by whether it takes a hint."""
+        graphs = {False: self._plain}
+        if self._hinted is not None:
+            graphs[True] = self._hinted
+        return graphs
+
+    def bindable(self, array: Any) -> Any:
+        """Wrap a numpy ``array`` (not copied) as the value an IOBinding binds."""
+        return self._ort.OrtValue.ortvalue_from_numpy(array)
+
     def _session(self, hinted: bool) -> tuple[Any, list[str]]:
         """Load the graph from the cache, else export it (and cache it where writable)."""
         inputs = (3 if hinted else 1) + len(self._initial)  # mix (, hint, age), the state
-        path = self._cache / f"{graph_key(self.model, self.batch, hinted)}.onnx"
+        path = self._cache / f"{graph_key(self.model, self.batch, hinted, self.ring)}.onnx"
         if path.exists():
             try:
                 return self._load(str(path), inputs)
@@ -146,6 +158,8 @@ class OnnxStep(FlatStep):
         cfg = self.model.config
         batch = self.batch or _EXPORT_BATCH
         state = self.model.initial_state(batch, torch.device("cpu"), torch.float32)
+        if self.ring:
+            state = ring_state(state)
         head: tuple[Tensor, ...] = (torch.zeros(batch, cfg.in_channels, HOP),)
         if hinted:
             head += (torch.zeros(batch, cfg.n_sources, HOP),
@@ -193,7 +207,9 @@ class OnnxStep(FlatStep):
         generator = torch.Generator().manual_seed(0)
         cfg = self.model.config
         for batch in ([self.batch] if self.batch else [1, 3]):
-            state = ref_state = None
+            ref_state = None
+            store = StateStore(self._initial, self.rings, batch // (self.batch or 1))
+            streams = range(store.max_streams)
             for chunk in range(CHECK_CHUNKS):  # silence first: it takes every epsilon
                 mix = 0.1 * chunk * torch.randn(batch, cfg.in_channels, HOP, generator=generator)
                 hint = age = None
@@ -203,17 +219,14 @@ class OnnxStep(FlatStep):
                 with torch.no_grad():
                     ref, ref_state = self.model(mix, hint, age, ref_state)
                 try:
-                    out, state = self(mix, hint, age,
-                                      self._batched_initial(batch) if state is None else state)
+                    out, new = self(mix, hint, age, store.gather(streams))
+                    store.commit(streams, new)
                 except Exception as err:  # noqa: BLE001 - a graph that cannot run is unusable
                     raise OnnxUnavailable("the exported step fails: "
                                           f"{_first_line(err)}") from err
                 if not torch.allclose(out, ref, rtol=0, atol=CHECK_ATOL, equal_nan=True):
                     error = float((out - ref).abs().nan_to_num(float("inf")).max())
                     raise OnnxUnavailable(f"the exported step differs from the model by {error}")
-
-    def _batched_initial(self, batch: int) -> PackedState:
-        return tuple(torch.cat([tensor] * batch) for tensor in self._initial)
 
     @staticmethod
     def _run(graph: tuple[Any, list[str]], inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -246,45 +259,47 @@ def _quiet_torch_onnx() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _onnx_step(model: StreamingModel, runtime: str, batch: int | None,
-               threads: int) -> tuple[OnnxStep | None, str]:
+def _onnx_step(model: StreamingModel, runtime: str, batch: int | None, threads: int,
+               ring: bool = False) -> tuple[OnnxStep | None, str]:
     """Build the ONNX step ``runtime`` asks for, or return None and why not."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime not in ("auto", "onnx"):
         return None, ""
     try:
-        return OnnxStep(model, batch, threads=threads), ""
+        return OnnxStep(model, batch, threads=threads, ring=ring), ""
     except OnnxUnavailable as err:
         if runtime == "onnx":
             raise
         return None, f"ONNX Runtime not used ({err}); running TorchScript"
 
 
-def build_step(model: StreamingModel, runtime: str = "auto",
-               threads: int = 1) -> tuple[FlatStep | StreamingModel, str]:
+def build_step(model: StreamingModel, runtime: str = "auto", threads: int = 1,
+               ring: bool = False) -> tuple[FlatStep, str]:
     """
     Return the fastest one-stream step ``runtime`` allows and a note on any fallback ('').
 
     ``auto``: ONNX Runtime for CPU models, else TorchScript. ``onnx`` insists (raises
-    ``OnnxUnavailable``). ``eager`` returns the model itself.
+    ``OnnxUnavailable``). ``eager`` runs the model op by op. ``ring``: see ``FlatStep``.
     """
-    step, note = _onnx_step(model, runtime, 1, threads)
+    step, note = _onnx_step(model, runtime, 1, threads, ring)
     if step is not None:
         return step, note
-    return (model if runtime == "eager" else TracedStep(model)), note
+    kind = EagerStep if runtime == "eager" else TracedStep
+    return kind(model, ring=ring), note
 
 
 def build_batched_steps(model: StreamingModel, max_streams: int, runtime: str = "auto",
-                        threads: int = 1) -> tuple[list[FlatStep], str]:
+                        threads: int = 1, ring: bool = False) -> tuple[list[FlatStep], str]:
     """
     Return a step for each batch size 1..max_streams and a note on any fallback.
 
     On ONNX Runtime one batch-free graph serves every size; TorchScript needs a trace per size.
+    ``ring``: see ``FlatStep``.
     """
     if runtime == "eager":
         raise ValueError("a batched engine runs a compiled step (auto, onnx or torchscript)")
-    step, note = _onnx_step(model, runtime, None, threads)
+    step, note = _onnx_step(model, runtime, None, threads, ring)
     if step is not None:
         return [step] * max_streams, note
-    return [TracedStep(model, batch) for batch in range(1, max_streams + 1)], note
+    return [TracedStep(model, batch, ring=ring) for batch in range(1, max_streams + 1)], note

@@ -56,12 +56,26 @@ class KVCache:
 
 
 @dataclass
+class KVRing:
+    """
+    A ``KVCache`` as a ring its owner writes in place (``kb_ros.models.ring``): slots in any order.
+
+    ``positions[b, i]`` is slot i's full relative position to the next query (frame distance
+    plus offset); a step given a ring returns only the new frame's ``KVCache`` to write.
+    """
+
+    keys: Tensor  # [B, heads, window - 1, qk_dim * F]
+    values: Tensor  # [B, heads, window - 1, v_dim * F]
+    positions: Tensor  # [B, window - 1] int64
+
+
+@dataclass
 class BlockState:
     """Time-LSTM state of one grid block (``[B*F, H]`` each) and its attention cache."""
 
     h: Tensor
     c: Tensor
-    attention: KVCache | None
+    attention: KVCache | KVRing | None
 
 
 @dataclass
@@ -69,7 +83,7 @@ class FusionState:
     """Own-feature FIFO ``[B, max_age, F, D]`` for alignment, and the merged-frame memory."""
 
     fifo: Tensor
-    memory: KVCache
+    memory: KVCache | KVRing
 
 
 @dataclass

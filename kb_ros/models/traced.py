@@ -28,9 +28,8 @@ from torch import Tensor, nn
 
 from kb_ros.models.filterbank import HOP
 from kb_ros.models.model import StreamingModel
+from kb_ros.models.ring import PackedState, ring_fields, ring_state
 from kb_ros.models.state import State, flatten_tensors, unflatten_tensors
-
-PackedState = tuple[Tensor, ...]
 
 
 class _Step(nn.Module):
@@ -53,16 +52,21 @@ class FlatStep:
 
     ``step(mix [B, C, HOP], used_hint, hint_age, state) -> (out, state)`` for one chunk, with
     the contract and checks of ``StreamingModel.forward`` and ``state`` a ``PackedState``
-    (None at the start of a stream). ``batch`` None means any batch size.
+    (None at the start of a stream). ``batch`` None means any batch size. With ``ring`` the
+    attention caches in ``state`` are rings and the state returned holds only their new frames:
+    a ``kb_ros.models.ring.StateStore`` keeps the state and writes them in place.
     """
 
     runtime = ""
 
-    def __init__(self, model: StreamingModel, batch: int | None) -> None:
-        self.model, self.batch = model, batch
+    def __init__(self, model: StreamingModel, batch: int | None, ring: bool = False) -> None:
+        self.model, self.batch, self.ring = model, batch, ring
         param = next(model.parameters())
         self._template = model.initial_state(batch or 1, param.device, param.dtype)
+        if ring:
+            self._template = ring_state(self._template)
         self._initial = flatten_tensors(self._template)
+        self.rings = ring_fields(self._template)  # empty unless ``ring``
 
     def initial_state(self) -> PackedState:
         """Return the packed state of a fresh stream (of one when ``batch`` is None)."""
@@ -96,6 +100,24 @@ class FlatStep:
         raise NotImplementedError
 
 
+class EagerStep(FlatStep):
+    """``StreamingModel`` itself behind the ``FlatStep`` interface: Python per op, any device."""
+
+    runtime = "eager"
+
+    def __init__(self, model: StreamingModel, batch: int | None = 1, ring: bool = False) -> None:
+        super().__init__(model, batch, ring)
+        self._plain = _Step(model, self._template, hinted=False)
+        self._hinted = _Step(model, self._template, hinted=True)
+
+    def _run_plain(self, mix: Tensor, packed: PackedState) -> tuple[Tensor, ...]:
+        return self._plain(mix, *packed)
+
+    def _run_hinted(self, mix: Tensor, hint: Tensor, age: Tensor,
+                    packed: PackedState) -> tuple[Tensor, ...]:
+        return self._hinted(mix, hint, age, *packed)
+
+
 class TracedStep(FlatStep):
     """
     The TorchScript step: bit-identical to ``StreamingModel.forward``, without Python per op.
@@ -106,8 +128,8 @@ class TracedStep(FlatStep):
     runtime = "torchscript"
 
     def __init__(self, model: StreamingModel, batch: int = 1, freeze: bool = False,
-                 optimize: bool = False) -> None:
-        super().__init__(model, batch)
+                 optimize: bool = False, ring: bool = False) -> None:
+        super().__init__(model, batch, ring)
         cfg = model.config
         param = next(model.parameters())
         mix = param.new_zeros(batch, cfg.in_channels, HOP)
