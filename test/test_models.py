@@ -318,13 +318,14 @@ def test_traced_step_is_bit_identical_to_eager(name: str) -> None:
 
 
 def run_ring_steps(step: FlatStep, streams: int, mix: torch.Tensor, hint: torch.Tensor | None,
-                   ages: torch.Tensor | None, subsets: list[tuple[int, ...]]) -> torch.Tensor:
+                   ages: torch.Tensor | None, subsets: list[tuple[int, ...]],
+                   numpy_writes: bool | None = None) -> torch.Tensor:
     """
     Step ``streams`` streams through a ``StateStore``, a changing subset of them per call.
 
     The subsets cycle through all streams, some in a row (state views) and some not (gathered).
     """
-    store = StateStore(step.initial_state(), step.rings, streams)
+    store = StateStore(step.initial_state(), step.rings, streams, numpy_writes=numpy_writes)
     frames = mix.shape[-1] // HOP
     done = [0] * streams
     outs = torch.zeros(streams, step.model.config.n_sources, frames * HOP, dtype=mix.dtype)
@@ -359,8 +360,40 @@ def test_ring_steps_equal_offline_float64(name: str) -> None:
     step = EagerStep(model, batch=None, ring=True)
     assert len(step.rings) == sum(isinstance(module, LocalAttention)
                                   for module in model.modules())
-    streamed = run_ring_steps(step, 3, mix, hint, ages, [(0, 1, 2), (0, 2), (1,), (1, 2), (0,)])
-    torch.testing.assert_close(streamed, offline(model, mix, hint, ages), rtol=0, atol=1e-10)
+    full = offline(model, mix, hint, ages)
+    subsets = [(0, 1, 2), (0, 2), (1,), (1, 2), (0,)]
+    for numpy_writes in (True, False):  # torch writes are what a GPU state gets
+        streamed = run_ring_steps(step, 3, mix, hint, ages, subsets, numpy_writes)
+        torch.testing.assert_close(streamed, full, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("numpy_writes", [True, False])
+def test_state_store_reset_restarts_one_stream_and_leaves_the_others(numpy_writes: bool) -> None:
+    config = VARIANTS["large_gc_window4"]  # rings, and several state rows per stream
+    model = make_model(config)
+    mix, _, _ = inputs(config, 12, batch=2)
+    full = offline(model, mix)
+    step = EagerStep(model, batch=None, ring=True)
+    store = StateStore(step.initial_state(), step.rings, 2, numpy_writes=numpy_writes)
+
+    def chunk(row: int, frame: int) -> torch.Tensor:
+        streams = [row] if row >= 0 else [0, 1]
+        out, new = step(mix[streams, :, frame * HOP:(frame + 1) * HOP], None, None,
+                        store.gather(streams))
+        store.commit(streams, new)
+        return out
+
+    with torch.inference_mode():
+        for frame in range(6):
+            chunk(-1, frame)
+        store.reset(1)
+        for frame in range(6):  # stream 1 starts over while stream 0 goes on
+            again = chunk(1, frame)
+            on = chunk(0, frame + 6)
+            torch.testing.assert_close(again[0], full[1, :, frame * HOP:(frame + 1) * HOP],
+                                       rtol=0, atol=1e-10)
+            torch.testing.assert_close(on[0], full[0, :, (frame + 6) * HOP:(frame + 7) * HOP],
+                                       rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", ["large_window4", "kb_memory5"])

@@ -84,16 +84,20 @@ class StateStore:
     ``fresh`` is the packed state of one new stream (``FlatStep.initial_state()`` of a ring
     step) and ``rings`` its ``ring_fields``. ``gather(streams)`` gives the packed state of
     those streams for one step; ``commit(streams, new)`` takes the step's returned state.
-    A step of every stream keeps its returned tensors as they are (no copy).
+    A step of every stream keeps its returned tensors as they are (no copy). Writes go through
+    numpy views on a CPU (``numpy_writes`` None), else torch indexing (any device).
     """
 
-    def __init__(self, fresh: PackedState, rings: Sequence[int], max_streams: int) -> None:
+    def __init__(self, fresh: PackedState, rings: Sequence[int], max_streams: int, *,
+                 numpy_writes: bool | None = None) -> None:
         if max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {max_streams}")
         self.max_streams = max_streams
         self._fresh = fresh
         self._device = fresh[0].device
-        self._numpy = self._device.type == "cpu"
+        self._numpy = self._device.type == "cpu" if numpy_writes is None else numpy_writes
+        if self._numpy and self._device.type != "cpu":
+            raise ValueError("numpy writes need the state on the CPU")
         self._rows = [tensor.shape[0] for tensor in fresh]  # dim-0 rows of one stream
         self._rings = list(rings)
         ring_parts = {index + part for index in self._rings for part in range(3)}
@@ -108,9 +112,7 @@ class StateStore:
         with self._writing():
             for index, (fresh, rows) in enumerate(zip(self._fresh, self._rows)):
                 self._array(index)[stream * rows:(stream + 1) * rows] = self._as_array(fresh)
-            for keys, cursor in zip(self._rings, self._cursor):
-                rows = self._rows[keys]
-                cursor[stream * rows:(stream + 1) * rows] = 0
+            # a ring's cursor may stay where it is: a fresh ring's slots are all empty
 
     def gather(self, streams: Sequence[int]) -> PackedState:
         """Packed state of ``streams`` (ascending): views when they are in a row, else copies."""
