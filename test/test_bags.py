@@ -302,6 +302,7 @@ def test_audio_in_a_format_replay_cannot_use_fails_clearly(models, tmp_path):
     assert result.returncode == 2, result.stdout
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
     assert str(tmp_path / "48k") in result.stderr and "48000 Hz" in result.stderr
+    assert not (tmp_path / "out_48k").exists()  # no half-written bag in the way of a rerun
 
     with BagWriter(tmp_path / "late_bad_info", "mcap") as writer:
         writer.add_topic("/kb/audio_info", AUDIO_INFO, offered_qos("/kb/audio_info"))

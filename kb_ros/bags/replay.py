@@ -415,7 +415,7 @@ def replay_bag(opts: ReplayOptions) -> dict:
     """Replay ``opts.bag`` into the new bag ``opts.out``; returns the report."""
     with BagReader(opts.bag) as reader:
         roles, ref_topic = input_topics(reader, opts)
-        with BagWriter(opts.out, opts.storage) as writer:
+        with BagWriter(opts.out, opts.storage, keep_on_error=False) as writer:
             replay = InProcessReplay(opts, writer, score=ref_topic is not None)
             by_role = {"audio": replay.on_audio, "audio_info": replay.on_audio_info,
                        "reference": replay.on_reference,

@@ -216,7 +216,7 @@ def _write_bag(opts: ReplayOptions, ns: str, messages: list[tuple[str, object]],
         entries += [(pacer.stream_ns(rec.arrival_ns), log.topic, rec.msg)
                     for rec in log.messages]
     entries.sort(key=lambda entry: entry[0])
-    with BagWriter(opts.out, opts.storage) as writer:
+    with BagWriter(opts.out, opts.storage, keep_on_error=False) as writer:
         for topic in dict.fromkeys(topic for _, topic, _ in entries):
             writer.add_topic(topic, topic_type(topic), offered_qos(topic))
         for time_ns, topic, msg in entries:

@@ -8,6 +8,7 @@ latched topics as latched.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,15 +34,19 @@ class BagWriter:
     memory), sqlite3 commits (rosbags otherwise commits only on close). Neither leaves a bag
     rosbags can open by itself: the metadata.yaml (and the mcap summary and footer) are written
     on ``close()`` only; ``kb_ros.bags.repair`` recovers the flushed part.
+
+    Leaving the context on an exception aborts the bag; ``keep_on_error`` False also deletes
+    it, for outputs that are worthless half-written (a failed replay: the rerun needs the path).
     """
 
     def __init__(self, path: str | Path, storage: str = "mcap",
-                 codec: MessageCodec | None = None) -> None:
+                 codec: MessageCodec | None = None, *, keep_on_error: bool = True) -> None:
         if storage not in STORAGES:
             raise BagError(f"unknown storage {storage!r}; choose from {sorted(STORAGES)}")
         self.path = Path(path)
         self.storage = storage
         self.codec = codec or MessageCodec()
+        self.keep_on_error = keep_on_error
         self._topics: dict[str, tuple[str, Connection]] = {}
         self._unflushed = False
         try:
@@ -106,5 +111,7 @@ class BagWriter:
                  tb: TracebackType | None) -> None:
         if exc_type is None:
             self.close()
-        else:
-            self._writer.abort()
+            return
+        self._writer.abort()
+        if not self.keep_on_error:
+            shutil.rmtree(self.path, ignore_errors=True)  # the writer made it: it must be new
