@@ -319,6 +319,40 @@ def test_audio_in_a_format_replay_cannot_use_fails_clearly(models, tmp_path):
     assert len(report["format_errors"]) == 1
 
 
+def test_a_bag_without_audio_info_replays_in_the_format_given(models, sample, tmp_path):
+    """
+    S16LE audio recorded without its audio_info: ``--input-format`` says how to decode it.
+
+    Without it the bytes would be read as F32LE (noise, or NaN dropped). With it the replay's
+    ``audio`` topic (the re-chunked input, F32LE) is the recording, to 16-bit precision.
+    """
+    mix = read_wav(sample["mix"])[0][:60 * 128]
+    fmt = AudioFormat(sample_format="S16LE")
+    bag = tmp_path / "no_info"
+    with BagWriter(bag, "mcap") as writer:
+        writer.add_topic("/kb/audio", AUDIO_STAMPED, offered_qos("/kb/audio"))
+        for k in range(60):
+            stamp = (START_SAMPLE + 128 * k) * NS_PER_FRAME
+            writer.write("/kb/audio", AudioChunkMsg(stamp, encode_pcm(
+                mix[k * 128:(k + 1) * 128], fmt)), stamp + 128 * NS_PER_FRAME)
+    out = tmp_path / "out_s16"
+    result = kb_ros("replay", str(bag), "-o", str(out), "--input-format", "S16LE", "--json",
+                    "--model", models["model"], "--large-model", models["large_model"])
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["input_drops"] == {} and report["enhanced_chunks"] >= 59
+    infos = topic_messages(out, "/kb/audio_info")
+    assert [info.to_format() for info in infos] == [AudioFormat()]
+    heard = np.zeros(len(mix) + 256, np.float32)  # the replayed input, placed by its stamps
+    for msg in topic_messages(out, "/kb/audio"):
+        first = msg.stamp_ns // NS_PER_FRAME - START_SAMPLE + 128
+        heard[first:first + 128] = decode_pcm(msg.data, AudioFormat())[:, 0]
+    np.testing.assert_allclose(heard[128:128 + 59 * 128], mix[:59 * 128, 0], atol=1 / 32767)
+
+    assert kb_ros("replay", str(bag), "-o", str(tmp_path / "bad"), "--input-channels",
+                  "2").returncode == 2
+
+
 def _corrupt_cases(tmp_path: Path) -> dict[str, Path]:
     """Damaged copies of a good mcap and a good sqlite3 bag, and other broken bags."""
     chunks = [(START_SAMPLE + 128 * k, np.zeros((128, 1), np.float32)) for k in range(400)]

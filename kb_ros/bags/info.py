@@ -39,7 +39,7 @@ def _stream_format(reader: BagReader, topic: str) -> tuple[AudioFormat, str]:
                 return msg.to_format(), info
             except PcmError:
                 continue
-    return AudioFormat(), "assumed (no valid info topic)"
+    return AudioFormat(), "assumed (no valid info topic: replay --input-format says otherwise)"
 
 
 class GapCounter:

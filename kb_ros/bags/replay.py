@@ -66,6 +66,8 @@ class ReplayOptions:
     output_format: str = "F32LE"
     storage: str = "mcap"
     diagnostics_period_s: float = 1.0
+    # the audio's format, in place of the bag's audio_info (a bag recorded without one)
+    input_format: AudioFormat | None = None
 
 
 class Timeline:
@@ -150,7 +152,8 @@ def input_topics(reader: BagReader, opts: ReplayOptions) -> tuple[dict[str, str]
     Return the bag topics a replay reads, by role, and the reference topic if any.
 
     The roles are ``audio``, ``audio_info``, ``reference`` and ``reference_info``; absent
-    infos are left out.
+    infos are left out, and so is the bag's ``audio_info`` when ``opts.input_format`` replaces
+    it (``announced_input_format`` gives the replay that format's info instead).
     """
     reader.require(opts.audio_topic, AUDIO_STAMPED)
     ref_topic = opts.reference_topic
@@ -164,7 +167,16 @@ def input_topics(reader: BagReader, opts: ReplayOptions) -> tuple[dict[str, str]
     roles = {role: topic for role, topic in roles.items() if topic in reader.topics and
              reader.topics[topic].msg_type == (AUDIO_INFO if role.endswith("_info")
                                                else AUDIO_STAMPED)}
+    if opts.input_format is not None:
+        roles.pop("audio_info", None)
     return roles, ref_topic
+
+
+def announced_input_format(opts: ReplayOptions) -> list[tuple[str, AudioInfoMsg]]:
+    """Return the ``(role, audio_info)`` that stands in for the bag's: ``opts.input_format``."""
+    if opts.input_format is None:
+        return []
+    return [("audio_info", AudioInfoMsg.from_format(opts.input_format))]
 
 
 class ReplayClock:
@@ -421,6 +433,8 @@ def replay_bag(opts: ReplayOptions) -> dict:
                        "reference": replay.on_reference,
                        "reference_info": replay.on_reference_info}
             handlers = {topic: by_role[role] for role, topic in roles.items()}
+            for role, msg in announced_input_format(opts):
+                by_role[role](msg)
             for topic, _, msg in reader.messages(handlers):
                 handlers[topic](msg)
             if not replay.enhanced:

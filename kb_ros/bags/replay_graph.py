@@ -22,7 +22,8 @@ from kb_ros.audio.stream import PcmChunkStream
 from kb_ros.bags.errors import BagError
 from kb_ros.bags.info import GapCounter
 from kb_ros.bags.reader import BagReader
-from kb_ros.bags.replay import ReplayOptions, input_topics, score_timelines, scoring_timelines
+from kb_ros.bags.replay import (ReplayOptions, announced_input_format, input_topics,
+                                score_timelines, scoring_timelines)
 from kb_ros.bags.topics import DIAGNOSTICS_TOPIC, offered_qos, subscription_qos, topic_type
 from kb_ros.bags.writer import BagWriter
 from kb_ros.boosting.stats import LatencyStats
@@ -133,7 +134,8 @@ def replay_graph(opts: ReplayOptions) -> dict:
     with BagReader(opts.bag) as reader:
         roles, ref_topic = input_topics(reader, opts)
         by_topic = {topic: role for role, topic in roles.items()}
-        messages = [(by_topic[topic], msg) for topic, _, msg in reader.messages(by_topic)]
+        messages = announced_input_format(opts) + [
+            (by_topic[topic], msg) for topic, _, msg in reader.messages(by_topic)]
     if not any(role == "audio" for role, _ in messages):
         raise BagError(f"{opts.bag}: no messages on {opts.audio_topic}")
     ns = "/" + opts.namespace.strip("/")

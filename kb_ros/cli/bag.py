@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from kb_ros.audio.pcm import SAMPLE_FORMATS
+from kb_ros.audio.pcm import SAMPLE_FORMATS, AudioFormat
 
 STORAGE_CHOICES = ("mcap", "sqlite3")
 
@@ -56,7 +56,7 @@ def _replay(args: argparse.Namespace) -> int:
         link=LinkProfile(args.link_delay_ms, args.jitter_ms, args.loss), seed=args.seed,
         realtime=args.graph or args.pace == "realtime", model=args.model,
         large_model=args.large_model, accept_any_hint_model=args.accept_any_hint_model,
-        storage=args.storage)
+        storage=args.storage, input_format=_input_format(args))
     if args.graph:
         from kb_ros.bags.replay_graph import replay_graph
 
@@ -65,6 +65,16 @@ def _replay(args: argparse.Namespace) -> int:
         report = replay_bag(opts)
     print(json.dumps(report) if args.json else format_report(report))
     return 0
+
+
+def _input_format(args: argparse.Namespace) -> AudioFormat | None:
+    """``--input-format``/``--input-channels`` as a validated format (None: the bag's info)."""
+    if args.input_format is None:
+        if args.input_channels is not None:
+            raise ValueError("--input-channels goes with --input-format")
+        return None
+    return AudioFormat(channels=args.input_channels or 1,
+                       sample_format=args.input_format).validate()
 
 
 def format_report(report: dict) -> str:
@@ -174,6 +184,12 @@ def add_bag_parser(sub: argparse._SubParsersAction) -> None:
     replay.add_argument("--large-model", default="large", help="hint model: name or checkpoint")
     replay.add_argument("--accept-any-hint-model", action="store_true",
                         help="use hints even from a model the small model was not trained with")
+    replay.add_argument("--input-format", choices=sorted(SAMPLE_FORMATS),
+                        help="decode the audio as this 16 kHz PCM format instead of what the "
+                        "bag's audio_info says (for a bag recorded without it; without both, "
+                        "F32LE is assumed)")
+    replay.add_argument("--input-channels", type=int,
+                        help="channels of --input-format (default 1)")
     replay.add_argument("--storage", choices=STORAGE_CHOICES, default="mcap",
                         help="storage of the output bag")
     replay.add_argument("--json", action="store_true", help="print the report as one JSON object")
