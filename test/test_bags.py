@@ -319,6 +319,17 @@ def test_audio_in_a_format_replay_cannot_use_fails_clearly(models, tmp_path):
     assert len(report["format_errors"]) == 1
 
 
+def write_s16_bag_without_info(path: Path, mix: np.ndarray) -> None:
+    """``/kb/audio`` in S16LE, 128-frame blocks from ``START_SAMPLE``, and no audio_info."""
+    with BagWriter(path, "mcap") as writer:
+        writer.add_topic("/kb/audio", AUDIO_STAMPED, offered_qos("/kb/audio"))
+        for k in range(len(mix) // 128):
+            stamp = (START_SAMPLE + 128 * k) * NS_PER_FRAME
+            writer.write("/kb/audio", AudioChunkMsg(stamp, encode_pcm(
+                mix[k * 128:(k + 1) * 128], AudioFormat(sample_format="S16LE"))),
+                stamp + 128 * NS_PER_FRAME)
+
+
 def test_a_bag_without_audio_info_replays_in_the_format_given(models, sample, tmp_path):
     """
     S16LE audio recorded without its audio_info: ``--input-format`` says how to decode it.
@@ -327,14 +338,8 @@ def test_a_bag_without_audio_info_replays_in_the_format_given(models, sample, tm
     ``audio`` topic (the re-chunked input, F32LE) is the recording, to 16-bit precision.
     """
     mix = read_wav(sample["mix"])[0][:60 * 128]
-    fmt = AudioFormat(sample_format="S16LE")
     bag = tmp_path / "no_info"
-    with BagWriter(bag, "mcap") as writer:
-        writer.add_topic("/kb/audio", AUDIO_STAMPED, offered_qos("/kb/audio"))
-        for k in range(60):
-            stamp = (START_SAMPLE + 128 * k) * NS_PER_FRAME
-            writer.write("/kb/audio", AudioChunkMsg(stamp, encode_pcm(
-                mix[k * 128:(k + 1) * 128], fmt)), stamp + 128 * NS_PER_FRAME)
+    write_s16_bag_without_info(bag, mix)
     out = tmp_path / "out_s16"
     result = kb_ros("replay", str(bag), "-o", str(out), "--input-format", "S16LE", "--json",
                     "--model", models["model"], "--large-model", models["large_model"])
@@ -493,3 +498,18 @@ def test_graph_replay_runs_the_node_processes(models, sample, tmp_path):
     assert stamps == sorted(stamps) and len(set(np.diff(stamps))) == 1
     fast = kb_ros("replay", str(tmp_path / "in"), "-o", str(tmp_path / "x"), "--graph", "--fast")
     assert fast.returncode == 2 and "real time only" in fast.stderr
+
+
+@pytest.mark.timeout(300)
+def test_graph_replay_announces_the_input_format_given(models, sample, tmp_path):
+    """The nodes get ``--input-format`` as the audio_info the bag lacks: nothing is dropped."""
+    write_s16_bag_without_info(tmp_path / "in", read_wav(sample["mix"])[0][:60 * 128])
+    result = kb_ros("replay", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--graph",
+                    "--input-format", "S16LE", "--json", "--model", models["model"],
+                    "--large-model", models["large_model"])
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["input_drops"] == {"total": 0}
+    assert report["input_chunks"] == report["enhanced_chunks"] >= 59
+    infos = topic_messages(tmp_path / "out", "/kb/audio_info")
+    assert [info.to_format() for info in infos] == [AudioFormat(sample_format="S16LE")]
