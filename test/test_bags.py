@@ -358,6 +358,24 @@ def test_a_bag_without_audio_info_replays_in_the_format_given(models, sample, tm
                   "2").returncode == 2
 
 
+def test_a_bag_from_a_newer_rosbag2_is_read_from_its_storage_file(models, sample, tmp_path):
+    """rosbags refuses metadata newer than it knows; the mcap itself still has all replay needs."""
+    mix = read_wav(sample["mix"])[0][:40 * 128]
+    write_audio_bag(tmp_path / "newer", "/kb/audio",
+                    [(START_SAMPLE + 128 * k, mix[k * 128:(k + 1) * 128]) for k in range(40)],
+                    AudioFormat(sample_format="S16LE"))
+    metadata = tmp_path / "newer" / "metadata.yaml"
+    text = metadata.read_text()
+    assert "version: 8" in text
+    metadata.write_text(text.replace("version: 8", "version: 10"))
+    with BagReader(tmp_path / "newer") as reader:
+        assert reader.topics["/kb/audio"].count == 40
+        assert reader.topics["/kb/audio"].qos  # offered QoS comes from the mcap channels
+        assert reader.topics["/kb/audio_info"].count == 1
+    report = replay_bag(ReplayOptions(tmp_path / "newer", tmp_path / "out", **models))
+    assert report["input_drops"] == {} and report["enhanced_chunks"] >= 39
+
+
 def _corrupt_cases(tmp_path: Path) -> dict[str, Path]:
     """Damaged copies of a good mcap and a good sqlite3 bag, and other broken bags."""
     chunks = [(START_SAMPLE + 128 * k, np.zeros((128, 1), np.float32)) for k in range(400)]

@@ -9,6 +9,7 @@ the odd exception a corrupt file provokes inside rosbags, becomes a ``BagError``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,29 @@ from kb_ros.bags.convert import SUPPORTED_TYPES, MessageCodec
 from kb_ros.bags.errors import BagError
 
 STORAGE_SUFFIXES = (".mcap", ".db3")
+NEWEST_METADATA_VERSION = 9  # rosbag2 metadata versions rosbags 0.11 reads (Jazzy writes 9)
+_METADATA_VERSION = re.compile(r"^\s*version:\s*(\d+)", re.MULTILINE)
+
+
+def storage_file(path: Path) -> Path:
+    """Return the one .mcap/.db3 of a bag directory (or ``path`` itself if it is one)."""
+    if path.is_file() and path.suffix in STORAGE_SUFFIXES:
+        return path
+    files = sorted(p for p in path.iterdir() if p.suffix in STORAGE_SUFFIXES) \
+        if path.is_dir() else []
+    if len(files) != 1:
+        raise BagError(f"{path}: expected one .mcap or .db3 storage file, found "
+                       f"{[p.name for p in files]}")
+    return files[0]
+
+
+def metadata_version(path: Path) -> int | None:
+    """The rosbag2 metadata version of a bag directory, None if it has no readable one."""
+    try:
+        found = _METADATA_VERSION.search((path / "metadata.yaml").read_text(errors="replace"))
+    except OSError:
+        return None
+    return int(found.group(1)) if found else None
 
 
 @dataclass
@@ -48,8 +72,9 @@ class BagReader:
                            f"(killed?). Recover what was flushed with "
                            f"`kb-ros bag repair {self.path} -o FIXED`")
         try:
-            self._reader = AnyReader([self.path], default_typestore=self.codec.store)
-            self._reader.open()
+            self._reader = self._open(self._readable_path())
+        except BagError:
+            raise
         except Exception as err:  # rosbags raises many kinds on corrupt files
             raise self._error("cannot open", err) from None
         self.topics: dict[str, TopicSummary] = {}
@@ -58,6 +83,23 @@ class BagReader:
             count = conn.msgcount + (known.count if known else 0)
             qos = list(getattr(conn.ext, "offered_qos_profiles", []))
             self.topics[conn.topic] = TopicSummary(conn.topic, conn.msgtype, count, qos)
+
+    def _readable_path(self) -> Path:
+        """
+        The bag itself, or for a newer rosbag2's bag its storage file.
+
+        rosbags refuses a metadata.yaml newer than it knows, though the storage file carries
+        all a replay needs (topics, types, QoS for mcap): it is read on its own.
+        """
+        version = metadata_version(self.path) if self.path.is_dir() else None
+        if version is not None and version > NEWEST_METADATA_VERSION:
+            return storage_file(self.path)
+        return self.path
+
+    def _open(self, path: Path) -> AnyReader:
+        reader = AnyReader([path], default_typestore=self.codec.store)
+        reader.open()
+        return reader
 
     def _error(self, action: str, err: Exception) -> BagError:
         detail = (str(err) or type(err).__name__).splitlines()[0]

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from kb_ros.bags.errors import BagError
-from kb_ros.bags.reader import STORAGE_SUFFIXES, BagReader
+from kb_ros.bags.reader import BagReader, storage_file
 from kb_ros.bags.writer import BagWriter
 
 MCAP_MAGIC = b"\x89MCAP0\r\n"
@@ -26,18 +26,6 @@ OP_FOOTER, OP_DATA_END = 0x02, 0x0F
 # DataEnd with no CRC, then a footer saying "no summary" (summary_start 0), then the magic.
 MCAP_TAIL = (bytes([OP_DATA_END]) + (4).to_bytes(8, "little") + bytes(4)
              + bytes([OP_FOOTER]) + (20).to_bytes(8, "little") + bytes(20) + MCAP_MAGIC)
-
-
-def storage_file(path: Path) -> Path:
-    """Return the one .mcap/.db3 of a bag directory (or ``path`` itself if it is one)."""
-    if path.is_file() and path.suffix in STORAGE_SUFFIXES:
-        return path
-    files = sorted(p for p in path.iterdir() if p.suffix in STORAGE_SUFFIXES) \
-        if path.is_dir() else []
-    if len(files) != 1:
-        raise BagError(f"{path}: expected one .mcap or .db3 storage file, found "
-                       f"{[p.name for p in files]}")
-    return files[0]
 
 
 def complete_mcap_length(path: Path) -> int:
