@@ -359,7 +359,7 @@ def test_a_bag_without_audio_info_replays_in_the_format_given(models, sample, tm
 
 
 def test_a_bag_from_a_newer_rosbag2_is_read_from_its_storage_file(models, sample, tmp_path):
-    """rosbags refuses metadata newer than it knows; the mcap itself still has all replay needs."""
+    """A metadata.yaml newer than rosbags knows is refused; the mcap still has all replay needs."""
     mix = read_wav(sample["mix"])[0][:40 * 128]
     write_audio_bag(tmp_path / "newer", "/kb/audio",
                     [(START_SAMPLE + 128 * k, mix[k * 128:(k + 1) * 128]) for k in range(40)],

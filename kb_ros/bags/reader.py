@@ -40,7 +40,7 @@ def storage_file(path: Path) -> Path:
 
 
 def metadata_version(path: Path) -> int | None:
-    """The rosbag2 metadata version of a bag directory, None if it has no readable one."""
+    """Return the rosbag2 metadata version of a bag directory, None if it has no readable one."""
     try:
         found = _METADATA_VERSION.search((path / "metadata.yaml").read_text(errors="replace"))
     except OSError:
@@ -86,7 +86,7 @@ class BagReader:
 
     def _readable_path(self) -> Path:
         """
-        The bag itself, or for a newer rosbag2's bag its storage file.
+        Return the bag itself, or for a newer rosbag2's bag its storage file.
 
         rosbags refuses a metadata.yaml newer than it knows, though the storage file carries
         all a replay needs (topics, types, QoS for mcap): it is read on its own.
