@@ -156,7 +156,7 @@ class StateStore:
     def _array(self, index: int) -> Any:
         return self._as_array(self._tensors[index])
 
-    def _index(self, values: list[int], torch_index: bool = False) -> Any:
+    def _index(self, values: Any, torch_index: bool = False) -> Any:
         """Return an index array of the kind writes take (``torch_index``: a torch tensor)."""
         if self._numpy and not torch_index:
             return np.asarray(values, dtype=np.int64)
@@ -164,5 +164,5 @@ class StateStore:
 
     def _row_index(self, streams: Sequence[int], rows: int, torch_index: bool = False) -> Any:
         """Dim-0 rows of ``streams`` in a state tensor holding ``rows`` per stream."""
-        return self._index([stream * rows + row for stream in streams for row in range(rows)],
-                           torch_index)
+        starts = np.asarray(streams, dtype=np.int64)[:, None] * rows
+        return self._index((starts + np.arange(rows)).ravel(), torch_index)
