@@ -3,7 +3,7 @@ The per-chunk engine: one model step per 8 ms chunk, with explicit streaming sta
 
 Used unchanged by the nodes (live), by offline evaluation and by bag replay, so every path runs
 the same code. The model's state lives in the engine's one-stream stepper
-(``kb_ros.models.stream``: buffers bound once on ONNX Runtime); it never waits for a hint.
+(``kb_ros.models.stream``); it never waits for a hint.
 """
 
 from __future__ import annotations

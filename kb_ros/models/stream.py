@@ -12,8 +12,10 @@ chunks:
 - ``StoredStream``: any ``FlatStep`` (TorchScript, eager, or ONNX Runtime with rings), its state
   in a ``StateStore``.
 
-``build_stream`` picks the bound one where it can: ONNX Runtime without rings (the device
-models).
+``build_stream`` gives the stored one. The bound one is faster back to back (``kb-ros bench``'s
+trace ablation) but is not the default yet: with it, the cpu_overload fault scenario
+(busy loops on small_node's core) failed 3 times in 18 runs (a 377 ms backlog, one lost input
+chunk), against none in 22 runs without it, for a reason not yet found.
 """
 
 from __future__ import annotations
@@ -120,9 +122,7 @@ class BoundOnnxStream:
 
 
 def build_stream(model: StreamingModel, runtime: str = "auto",
-                 threads: int = 1) -> tuple[BoundOnnxStream | StoredStream, str]:
-    """Return the fastest one-stream stepper ``runtime`` allows and a note on any fallback."""
+                 threads: int = 1) -> tuple[StoredStream, str]:
+    """Return the one-stream stepper ``runtime`` allows and a note on any fallback."""
     step, note = build_step(model, runtime, threads, ring=rings_pay(model.config))
-    if isinstance(step, OnnxStep) and not step.rings:
-        return BoundOnnxStream(step), note
     return StoredStream(step), note
