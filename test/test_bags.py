@@ -27,7 +27,7 @@ from rosbags.rosbag2 import Writer
 
 from kb_ros.audio.clock import NS_PER_S, ChunkClock
 from kb_ros.audio.pcm import AudioFormat, decode_pcm, encode_pcm
-from kb_ros.audio.wav import read_wav, write_wav
+from kb_ros.audio.wav import read_wav, resample, write_wav
 from kb_ros.bags.convert import make_typestore
 from kb_ros.bags.reader import BagReader
 from kb_ros.bags.replay import ReplayOptions, replay_bag
@@ -76,16 +76,21 @@ def topic_messages(bag: Path, topic: str) -> list:
 
 
 def write_audio_bag(path: Path, topic: str, blocks: list[tuple[int, np.ndarray]],
-                    fmt: AudioFormat, storage: str = "mcap") -> None:
-    """Write a bag of ``(first sample index, audio)`` blocks, stamped from the sample index."""
+                    fmt: AudioFormat, storage: str = "mcap",
+                    info: AudioInfoMsg | None = None) -> None:
+    """
+    Write a bag of ``(first sample index, audio)`` blocks, stamped from the sample index.
+
+    ``info`` replaces the ``audio_info`` message that announces ``fmt``.
+    """
     with BagWriter(path, storage) as writer:
         writer.add_topic(info_topic(topic), AUDIO_INFO, offered_qos(info_topic(topic)))
         writer.add_topic(topic, AUDIO_STAMPED, offered_qos(topic))
-        writer.write(info_topic(topic), AudioInfoMsg.from_format(fmt), 1)
+        writer.write(info_topic(topic), info or AudioInfoMsg.from_format(fmt), 1)
         for first, audio in blocks:
-            stamp = first * NS_PER_FRAME
+            stamp = first * NS_PER_S // fmt.sample_rate
             writer.write(topic, AudioChunkMsg(stamp, encode_pcm(audio, fmt), "mic"),
-                         stamp + len(audio) * NS_PER_FRAME)
+                         (first + len(audio)) * NS_PER_S // fmt.sample_rate)
 
 
 @pytest.mark.timeout(300)
@@ -288,21 +293,23 @@ def test_stray_stamps_do_not_blow_up_scoring(models, tmp_path):
 
 def test_audio_in_a_format_replay_cannot_use_fails_clearly(models, tmp_path):
     """
-    audio_capture at 48 kHz: its only audio_info is unusable, so replay must refuse the bag.
+    audio_capture with its default mp3 coding: the only audio_info is unusable, so replay
+    must refuse the bag.
 
     Decoding it as the default F32LE 16 kHz would replay noise. A bad info after a good one is
     only counted (as small_node does): the stream keeps the good format.
     """
     audio = [(START_SAMPLE + 160 * k, np.full((160, 1), 0.01, np.float32)) for k in range(40)]
-    write_audio_bag(tmp_path / "48k", "/audio/audio_stamped", audio,
-                    AudioFormat(sample_rate=48000, sample_format="S16LE"))
-    result = kb_ros("replay", str(tmp_path / "48k"), "-o", str(tmp_path / "out_48k"),
+    write_audio_bag(tmp_path / "mp3", "/audio/audio_stamped", audio,
+                    AudioFormat(sample_format="S16LE"),
+                    info=AudioInfoMsg(sample_format="S16LE", coding_format="mp3"))
+    result = kb_ros("replay", str(tmp_path / "mp3"), "-o", str(tmp_path / "out_mp3"),
                     "--audio-topic", "/audio/audio_stamped", "--model", models["model"],
                     "--large-model", models["large_model"])
     assert result.returncode == 2, result.stdout
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
-    assert str(tmp_path / "48k") in result.stderr and "48000 Hz" in result.stderr
-    assert not (tmp_path / "out_48k").exists()  # no half-written bag in the way of a rerun
+    assert str(tmp_path / "mp3") in result.stderr and "mp3" in result.stderr
+    assert not (tmp_path / "out_mp3").exists()  # no half-written bag in the way of a rerun
 
     with BagWriter(tmp_path / "late_bad_info", "mcap") as writer:
         writer.add_topic("/kb/audio_info", AUDIO_INFO, offered_qos("/kb/audio_info"))
@@ -310,13 +317,40 @@ def test_audio_in_a_format_replay_cannot_use_fails_clearly(models, tmp_path):
         writer.write("/kb/audio_info", AudioInfoMsg(sample_format="S16LE"), 1)
         for k, (first, block) in enumerate(audio):
             if k == 20:
-                writer.write("/kb/audio_info", AudioInfoMsg(sample_rate=48000), first * 62500)
+                writer.write("/kb/audio_info", AudioInfoMsg(sample_rate=44101), first * 62500)
             writer.write("/kb/audio", AudioChunkMsg(first * NS_PER_FRAME, encode_pcm(
                 block, AudioFormat(sample_format="S16LE"))), (first + 160) * NS_PER_FRAME)
     report = replay_bag(ReplayOptions(tmp_path / "late_bad_info", tmp_path / "out_late",
                                       **models))
     assert report["input_drops"] == {} and report["enhanced_chunks"] == 40 * 160 // 128
     assert len(report["format_errors"]) == 1
+
+
+def test_a_48khz_bag_replays_one_chunk_per_8_ms_block(models, sample, tmp_path):
+    """
+    A robot's 48 kHz microphone recorded in 8 ms S16LE blocks: replay converts it to 16 kHz.
+
+    Every block gives one enhanced chunk with the block's stamp, and the replayed input is the
+    recording at 16 kHz, 10 samples later (the converter's 0.625 ms group delay).
+    """
+    mix = read_wav(sample["mix"])[0][:60 * 128]
+    mix48 = resample(mix, 16000, 48000)
+    fmt = AudioFormat(sample_rate=48000, sample_format="S16LE")
+    blocks = [(3 * START_SAMPLE + 384 * k, mix48[384 * k:384 * (k + 1)]) for k in range(60)]
+    write_audio_bag(tmp_path / "48k", "/audio/audio_stamped", blocks, fmt)
+    out = tmp_path / "out_48k"
+    result = kb_ros("replay", str(tmp_path / "48k"), "-o", str(out), "--json",
+                    "--audio-topic", "/audio/audio_stamped", "--model", models["model"],
+                    "--large-model", models["large_model"])
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["input_drops"] == {} and report["enhanced_chunks"] == 60
+    stamps = [(START_SAMPLE + 128 * k) * NS_PER_FRAME for k in range(60)]
+    assert [m.stamp_ns for m in topic_messages(out, "/kb/enhanced")] == stamps
+    heard = np.concatenate([decode_pcm(m.data, AudioFormat())[:, 0]
+                            for m in topic_messages(out, "/kb/audio")])
+    error = heard[10 + 64:] - mix[64:-10, 0]
+    assert 10 * np.log10(np.sum(mix[64:-10, 0] ** 2) / np.sum(error ** 2)) > 35
 
 
 def write_s16_bag_without_info(path: Path, mix: np.ndarray) -> None:
@@ -356,6 +390,10 @@ def test_a_bag_without_audio_info_replays_in_the_format_given(models, sample, tm
 
     assert kb_ros("replay", str(bag), "-o", str(tmp_path / "bad"), "--input-channels",
                   "2").returncode == 2
+    odd_rate = kb_ros("replay", str(bag), "-o", str(tmp_path / "bad"), "--input-format",
+                      "S16LE", "--input-rate", "44101")
+    assert odd_rate.returncode == 2 and "44101 Hz" in odd_rate.stderr
+    assert len(odd_rate.stderr.splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
 def test_a_bag_from_a_newer_rosbag2_is_read_from_its_storage_file(models, sample, tmp_path):

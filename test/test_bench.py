@@ -11,12 +11,14 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from kb_ros.audio.clock import CHUNK_MS
 from kb_ros.cli.bench_doc import PLOTS
+from kb_ros.cli.bench_floor import wakeup_lateness_ms
 
 REPO = Path(__file__).resolve().parents[1]
 PERCENTILE_KEYS = ("small_compute_ms", "boosted_compute_ms", "large_compute_ms",
@@ -86,6 +88,12 @@ def test_sections_ran_on_the_real_components(bench: tuple[dict, Path]) -> None:
     assert e2e["missing_outputs"] == e2e["unexpected_outputs"] == 0 and e2e["in_order"]
     assert e2e["small_node"]["hit_rate"] > 0  # hints reached small_node over DDS and fused
     assert all(p["rss_mb"] > 0 for p in e2e["processes"].values())
+    floor = report["machine_floor"]
+    assert floor["wakeup_late_ms"]["n"] == round(1000 / CHUNK_MS)  # 1 s of paced waits
+    work = floor["fixed_work"]
+    assert work["back_to_back_ms"]["n"] == work["paced_ms"]["n"] == 100
+    assert work["paced_slowdown"] == pytest.approx(
+        work["paced_ms"]["cpu_p50"] / work["back_to_back_ms"]["cpu_p50"], rel=0.01)
     formats = {row["format"]: row for row in report["hint_bandwidth"]}
     assert formats["MULAW"]["payload_kbit_s"] == 128.0 and formats["S16LE"]["cdr_bytes"] > 256
     quality = report["hint_quality"]["sample"]["formats"]
@@ -98,7 +106,8 @@ def test_sections_ran_on_the_real_components(bench: tuple[dict, Path]) -> None:
 def test_doc_renders_with_its_plots(bench: tuple[dict, Path]) -> None:
     report, doc = bench
     text = doc.read_text()
-    for heading in ("# kb_ros benchmarks", "## Targets", "## Compute per chunk",
+    for heading in ("# kb_ros benchmarks", "## Targets", "## The machine's floor",
+                    "## Compute per chunk",
                     "## Where the kb step's time goes", "## What a device model within",
                     "## The small node's per-chunk path", "## End-to-end latency",
                     "## Hint and audio bandwidth", "## Hint server"):
@@ -113,6 +122,15 @@ def test_doc_renders_with_its_plots(bench: tuple[dict, Path]) -> None:
     for line in text.splitlines():  # every table row has as many cells as its header
         if line.startswith("|"):
             assert line.count("|") == table_width(text, line), line
+
+
+def test_wakeup_lateness_waits_for_each_deadline() -> None:
+    start = time.monotonic()
+    late = wakeup_lateness_ms(25)
+    elapsed_ms = (time.monotonic() - start) * 1e3
+    assert len(late) == 25 and elapsed_ms >= 25 * CHUNK_MS
+    assert min(late) >= 0  # never returns before its deadline
+    assert elapsed_ms == pytest.approx(25 * CHUNK_MS + late[-1], abs=1.0)
 
 
 def table_width(text: str, row: str) -> int:

@@ -23,7 +23,7 @@ from kb_ros.cli.graph import LocalGraph
 from kb_ros.cli.recorder import TopicRecorder
 from kb_ros.transport.messages import AUDIO_STAMPED, DIAGNOSTIC_ARRAY
 from kb_ros.transport import qos
-from ros_peer import LOOPBACK_XML, AudioData_, AudioDataStamped_, Header_, Time_
+from ros_peer import LOOPBACK_XML, AudioData_, AudioDataStamped_, AudioPeer, Header_, Time_
 
 CHUNK_NS = 8_000_000
 
@@ -137,3 +137,28 @@ def test_independent_dds_peer_gets_one_enhanced_chunk_per_input(tmp_path):
     stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in got]
     assert stamps == sent
     assert all(m.header.frame_id == "peer" and len(m.audio.data) == 512 for m in got)
+
+
+@pytest.mark.timeout(120)
+def test_a_48khz_microphone_gets_one_16khz_chunk_per_8_ms_block(tmp_path):
+    """An independent peer announces 48 kHz S16LE and sends 384-frame blocks to small_node."""
+    dom = domain_id(3)
+    with LocalGraph(dom, log_dir=tmp_path) as graph:
+        node = graph.start("small_node", use_hints=False)
+        graph.wait_ready(120)
+        peer = AudioPeer(dom)
+        peer.wait_matched()
+        peer.announce(peer.audio_info, sample_rate=48000, sample_format="S16LE")
+        time.sleep(0.3)
+        t0 = 1_750_000_000 * 10**9 + 123_456_789
+        t = np.arange(384 * 100) / 48000
+        audio = (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
+        sent = [t0 + k * CHUNK_NS for k in range(100)]
+        for k, stamp in enumerate(sent):
+            peer.send(peer.audio, stamp, audio[384 * k:384 * (k + 1)].tobytes())
+            time.sleep(0.004)
+        stamps = peer.collect(len(sent), timeout_s=20)
+        codes = graph.stop()
+    assert codes["small_node"] == 0 and not any("Traceback" in line for line in node.lines)
+    assert stamps == sent
+    assert all(len(m.audio.data) == 128 * 4 for m in peer.received)  # 16 kHz F32LE chunks

@@ -95,7 +95,7 @@ def test_finish_delivers_audio_still_waiting_for_its_format():
 
 
 @pytest.mark.parametrize("info", [
-    AudioInfoMsg(sample_rate=48000), AudioInfoMsg(sample_rate=4_000_000_000),
+    AudioInfoMsg(sample_rate=44101), AudioInfoMsg(sample_rate=4_000_000_000),
     AudioInfoMsg(sample_rate=0), AudioInfoMsg(channels=0), AudioInfoMsg(channels=10**6),
     AudioInfoMsg(sample_format="U8"), AudioInfoMsg(sample_format="F64LE"),
     AudioInfoMsg(coding_format="mp3"), AudioInfoMsg(coding_format="mulaw"),

@@ -105,6 +105,15 @@ class StampGuard:
         self._candidate_next: int | None = None
         self._candidate_blocks = 0
 
+    def retime(self, sample_rate: int) -> None:
+        """Follow the stream at a new sample rate: same tolerances in time, a new timeline."""
+        scale = sample_rate / self.sample_rate
+        self.tolerance_frames = round(self.tolerance_frames * scale)
+        self.max_gap_frames = round(self.max_gap_frames * scale)
+        self.sample_rate = sample_rate
+        self._next_sample = self._candidate_next = None
+        self._candidate_blocks = 0
+
     def admit(self, stamp_ns: int, frames: int) -> str | None:
         """Return None if a block of ``frames`` stamped ``stamp_ns`` is admitted, else why not."""
         if not 0 < stamp_ns <= MAX_STAMP_NS - frames * NS_PER_S // self.sample_rate:

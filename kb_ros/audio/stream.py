@@ -1,4 +1,7 @@
-"""Incoming PCM payloads to fixed chunks: decode in the announced format, count what is bad."""
+"""
+Incoming PCM payloads to fixed chunks: decode in the announced format, convert to the models'
+rate, count what is bad.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,18 @@ from typing import Callable
 
 from kb_ros.audio.clock import CHUNK_FRAMES, SAMPLE_RATE, Chunk, InputChunker, StampGuard
 from kb_ros.audio.pcm import AudioFormat, NonFiniteError, PcmError, decode_pcm
+from kb_ros.audio.resample import StreamResampler
 
 MAX_PAYLOAD_BYTES = 1 << 20
+MAX_PAYLOAD_S = 32.768  # 1 MiB of S16LE mono at 16 kHz: a slower stream may not carry more
 
 
 class PcmChunkStream:
     """
-    Decodes payloads of an audio topic and re-chunks them to 128-frame chunks.
+    Decodes payloads of an audio topic and re-chunks them to 128-frame chunks at ``sample_rate``.
+
+    A stream at another rate (a 48 kHz microphone, a 44.1 kHz bag) is converted on the way by a
+    ``StreamResampler``: 8 ms input blocks still give one chunk each, with the same stamps.
 
     The format comes from the stream's ``*_info`` topic. A latched info message may arrive
     after the first audio (DDS orders nothing across topics), so with ``hold_messages`` > 0
@@ -40,6 +48,7 @@ class PcmChunkStream:
         self._held_bytes = 0
         self.format = AudioFormat(sample_rate=sample_rate)
         self._chunker = InputChunker(1, sample_rate, chunk_frames)
+        self._resampler: StreamResampler | None = None
         self.format_known = fmt is not None or hold_messages == 0
         if fmt is not None:
             self.set_format(fmt)
@@ -51,11 +60,13 @@ class PcmChunkStream:
         Raises PcmError (format unchanged) if the format cannot be used.
         """
         fmt.validate()
-        if fmt.sample_rate != self.sample_rate:
-            raise PcmError(f"sample_rate {fmt.sample_rate} Hz is not supported; the models run "
-                           f"at {self.sample_rate} Hz")
+        if (fmt.sample_rate, fmt.channels) != (self.format.sample_rate, self.format.channels):
+            self._resampler = (StreamResampler(fmt.sample_rate, self.sample_rate, fmt.channels)
+                               if fmt.sample_rate != self.sample_rate else None)
         if fmt.channels != self.format.channels:
             self._chunker = InputChunker(fmt.channels, self.sample_rate, self.chunk_frames)
+        if fmt.sample_rate != self.format.sample_rate:
+            self.guard.retime(fmt.sample_rate)
         self.format = fmt
         self.format_known = True
         return self._release_held()
@@ -105,7 +116,13 @@ class PcmChunkStream:
             return self.reject("bad_payload", str(err))
         if not len(block):
             return self.reject("empty")
+        if len(block) > MAX_PAYLOAD_S * self.format.sample_rate:
+            return self.reject("oversized", f"{len(block) / self.format.sample_rate:.1f} s")
         off_timeline = self.guard.admit(stamp_ns, len(block))
         if off_timeline is not None:
             return self.reject(off_timeline, f"stamp {stamp_ns} ns")
+        if self._resampler is not None:
+            stamp_ns, block = self._resampler.push(stamp_ns, block)
+            if not len(block):
+                return []
         return self._chunker.push(stamp_ns, block)

@@ -45,8 +45,7 @@ def _stream_format(reader: BagReader, topic: str) -> tuple[AudioFormat, str]:
 class GapCounter:
     """Follows one stream's stamps block by block and counts gaps and steps back."""
 
-    def __init__(self, sample_rate: int) -> None:
-        self.sample_rate = sample_rate
+    def __init__(self) -> None:
         self.gaps = 0
         self.steps_back = 0
         self.missing_ms = 0.0
@@ -55,10 +54,12 @@ class GapCounter:
         self.last_ns: int | None = None
         self._expected = 0
 
-    def add(self, stamp_ns: int, frames: int) -> None:
+    def add(self, stamp_ns: int, frames: int, sample_rate: int) -> None:
+        """Follow a block of ``frames`` at ``sample_rate`` stamped ``stamp_ns``."""
+        duration_ns = frames * NS_PER_S // sample_rate
         if self.first_ns is None:
             self.first_ns = stamp_ns
-        elif abs(stamp_ns - self._expected) > frames * NS_PER_S / self.sample_rate / 2:
+        elif abs(stamp_ns - self._expected) > duration_ns / 2:
             offset_ms = (stamp_ns - self._expected) / 1e6
             self.gaps += offset_ms > 0
             self.steps_back += offset_ms < 0
@@ -67,7 +68,7 @@ class GapCounter:
                 self.first_gaps.append(StampGap(round((stamp_ns - self.first_ns) / NS_PER_S, 6),
                                                 round(offset_ms, 3)))
         self.last_ns = stamp_ns
-        self._expected = stamp_ns + frames * NS_PER_S // self.sample_rate
+        self._expected = stamp_ns + duration_ns
 
     def as_dict(self) -> dict:
         return {"gaps": self.gaps, "missing_ms": round(self.missing_ms, 3),
@@ -78,7 +79,7 @@ class GapCounter:
 def audio_stream_info(reader: BagReader, topic: str) -> dict:
     """Format, block count and sizes, audio length, stamp span and gaps of an audio topic."""
     fmt, source = _stream_format(reader, topic)
-    gaps = GapCounter(fmt.sample_rate)
+    gaps = GapCounter()
     blocks = frames_total = bad_payloads = 0
     sizes: set[int] = set()
     for _, _, msg in reader.messages([topic]):
@@ -89,7 +90,7 @@ def audio_stream_info(reader: BagReader, topic: str) -> dict:
         blocks += 1
         frames_total += frames
         sizes.add(frames)
-        gaps.add(msg.stamp_ns, frames)
+        gaps.add(msg.stamp_ns, frames, fmt.sample_rate)
     span = [gaps.first_ns / NS_PER_S, gaps.last_ns / NS_PER_S] if blocks else []
     return {"format": asdict(fmt), "format_source": source, "blocks": blocks,
             "block_frames": [min(sizes), max(sizes)] if sizes else [],

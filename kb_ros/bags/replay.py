@@ -229,7 +229,7 @@ class InProcessReplay:
         self.uplink = EmulatedLink[Chunk](opts.link, opts.seed)
         self.downlink = EmulatedLink[AudioChunkMsg](opts.link, opts.seed + 1)
         self.input = PcmChunkStream()
-        self.input_gaps = GapCounter(SAMPLE_RATE)
+        self.input_gaps = GapCounter()
         self.clock = ReplayClock(opts.realtime)
         self.latency_ms = LatencyStats()
         self.hint_format = AudioFormat(channels=self.small.sources, sample_format=opts.hint_format)
@@ -241,7 +241,7 @@ class InProcessReplay:
         self._audio_info_used = False
         self.enhanced_digest = hashlib.sha256()
         self.timelines = scoring_timelines() if score else {}
-        self.reference_format = AudioFormat()
+        self.reference_format: AudioFormat | None = AudioFormat()
         self._audio_out_format: AudioFormat | None = None
         self._next_diagnostics_ns: int | None = None
         self._now_ns = 0
@@ -286,12 +286,19 @@ class InProcessReplay:
             self.format_errors.append(str(err))
 
     def on_reference_info(self, msg: AudioInfoMsg) -> None:
+        """Adopt the reference's format; scoring compares at 16 kHz, so other rates are errors."""
         try:
-            self.reference_format = msg.to_format()
+            fmt = msg.to_format()
+            if fmt.sample_rate != SAMPLE_RATE:
+                raise PcmError(f"sample_rate {fmt.sample_rate} Hz: scoring needs {SAMPLE_RATE}")
+            self.reference_format = fmt
         except PcmError as err:
+            self.reference_format = None  # decoding it as anything else would score noise
             self.format_errors.append(f"reference: {err}")
 
     def on_reference(self, msg: AudioChunkMsg) -> None:
+        if self.reference_format is None:
+            return
         try:
             audio = decode_pcm(msg.data, self.reference_format)
         except PcmError:
@@ -303,7 +310,7 @@ class InProcessReplay:
         self.input_messages += 1
         frames = len(msg.data) // self.input.format.bytes_per_frame
         if frames:
-            self.input_gaps.add(msg.stamp_ns, frames)
+            self.input_gaps.add(msg.stamp_ns, frames, self.input.format.sample_rate)
         for chunk in self.input.push(msg.stamp_ns, msg.data):
             self._step(chunk)
 

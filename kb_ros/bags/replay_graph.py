@@ -16,7 +16,7 @@ import ast
 import os
 import time
 
-from kb_ros.audio.clock import NS_PER_S, SAMPLE_RATE
+from kb_ros.audio.clock import NS_PER_S
 from kb_ros.audio.pcm import AudioFormat, PcmError, decode_pcm
 from kb_ros.audio.stream import PcmChunkStream
 from kb_ros.bags.errors import BagError
@@ -98,12 +98,13 @@ def _play(messages: list[tuple[str, object]], namespace: str, domain_id: int,
             if role == "audio_info":
                 publish_info(msg)
                 continue
+            rate = stream.format.sample_rate
             frames = len(msg.data) // stream.format.bytes_per_frame
-            pacer.wait_for(msg.stamp_ns + frames * NS_PER_S // SAMPLE_RATE)
+            pacer.wait_for(msg.stamp_ns + frames * NS_PER_S // rate)
             audio.publish(msg)
             chunks += len(stream.push(msg.stamp_ns, msg.data))
             if frames:
-                input_stats.add(msg.stamp_ns, frames)
+                input_stats.add(msg.stamp_ns, frames, rate)
         return pacer, chunks
     finally:
         player.close()
@@ -146,7 +147,7 @@ def replay_graph(opts: ReplayOptions) -> dict:
     logs["diagnostics"] = recorder.record(topic_type(DIAGNOSTICS_TOPIC), DIAGNOSTICS_TOPIC,
                                           qos.DIAGNOSTICS)
     recorder.start()
-    input_stats = GapCounter(SAMPLE_RATE)
+    input_stats = GapCounter()
     graph = LocalGraph(domain_id)
     try:
         graph.start("small_node", namespace=ns, model=opts.model,

@@ -14,7 +14,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from kb_ros.audio.clock import SAMPLE_RATE
 from kb_ros.audio.pcm import SAMPLE_FORMATS, AudioFormat
+from kb_ros.audio.resample import StreamResampler
 
 STORAGE_CHOICES = ("mcap", "sqlite3")
 
@@ -68,13 +70,16 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _input_format(args: argparse.Namespace) -> AudioFormat | None:
-    """``--input-format``/``--input-channels`` as a validated format (None: the bag's info)."""
+    """``--input-format``/``-channels``/``-rate`` as a validated format (None: the bag's info)."""
     if args.input_format is None:
-        if args.input_channels is not None:
-            raise ValueError("--input-channels goes with --input-format")
+        if args.input_channels is not None or args.input_rate is not None:
+            raise ValueError("--input-channels and --input-rate go with --input-format")
         return None
-    return AudioFormat(channels=args.input_channels or 1,
-                       sample_format=args.input_format).validate()
+    fmt = AudioFormat(channels=args.input_channels or 1, sample_rate=args.input_rate or 16000,
+                      sample_format=args.input_format).validate()
+    if fmt.sample_rate != SAMPLE_RATE:
+        StreamResampler(fmt.sample_rate, SAMPLE_RATE, fmt.channels)  # refuses odd ratios now
+    return fmt
 
 
 def format_report(report: dict) -> str:
@@ -185,11 +190,14 @@ def add_bag_parser(sub: argparse._SubParsersAction) -> None:
     replay.add_argument("--accept-any-hint-model", action="store_true",
                         help="use hints even from a model the small model was not trained with")
     replay.add_argument("--input-format", choices=sorted(SAMPLE_FORMATS),
-                        help="decode the audio as this 16 kHz PCM format instead of what the "
+                        help="decode the audio as this PCM format instead of what the "
                         "bag's audio_info says (for a bag recorded without it; without both, "
-                        "F32LE is assumed)")
+                        "F32LE mono 16 kHz is assumed)")
     replay.add_argument("--input-channels", type=int,
                         help="channels of --input-format (default 1)")
+    replay.add_argument("--input-rate", type=int,
+                        help="sample rate of --input-format in Hz (default 16000; others are "
+                        "converted to 16 kHz)")
     replay.add_argument("--storage", choices=STORAGE_CHOICES, default="mcap",
                         help="storage of the output bag")
     replay.add_argument("--json", action="store_true", help="print the report as one JSON object")

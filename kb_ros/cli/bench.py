@@ -1,12 +1,14 @@
 """
 ``kb-ros bench``: how fast, how late and how heavy kb_ros is on this machine, in one report.
 
-Sections (each in ``kb_ros/cli/bench_*.py``): per-chunk compute of the shipped models and where
-it goes (``bench_compute``), the small node's whole per-chunk path in process (``bench_node``),
-end-to-end latency and per-process CPU and memory through real node processes on loopback DDS
-(``bench_graph``), hint bandwidth and quality per hint format (``bench_hints``) and how many
-device streams one hint server serves in real time (``bench_streams``). Figures are median and
-p99, in ms and as ratios to the 8 ms chunk; ``--doc`` writes them as Markdown with plots.
+Sections (each in ``kb_ros/cli/bench_*.py``): the machine's own floor, how late a thread wakes
+from an 8 ms sleep and what pacing does to fixed work (``bench_floor``), per-chunk compute of
+the shipped models and where it goes (``bench_compute``), the small node's whole per-chunk
+path in process (``bench_node``), end-to-end latency and per-process CPU and memory through
+real node processes on loopback DDS (``bench_graph``), hint bandwidth and quality per hint
+format (``bench_hints``) and how many device streams one hint server serves in real time
+(``bench_streams``). Figures are median and p99, in ms and as ratios to the 8 ms chunk;
+``--doc`` writes them as Markdown with plots.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def run_bench(opts: BenchOptions, progress: Any = None) -> dict[str, Any]:
     import torch
 
     from kb_ros.cli.bench_compute import compute_section, load_demo
+    from kb_ros.cli.bench_floor import floor_section
     from kb_ros.cli.bench_graph import e2e_section
     from kb_ros.cli.bench_hints import hints_section
     from kb_ros.cli.bench_node import node_path_section
@@ -100,6 +103,7 @@ def run_bench(opts: BenchOptions, progress: Any = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     report: dict[str, Any] = {"command": opts.command, "quick": opts.quick,
                               "chunk_ms": CHUNK_MS, "machine": machine_info()}
+    report["machine_floor"] = floor_section(opts.quick, stage("machine floor"))
     demo = load_demo(opts.demo_seconds)
     report["sample"] = {"chunks": demo.n_chunks, "seconds": demo.n_chunks * CHUNK_MS / 1e3}
     done()

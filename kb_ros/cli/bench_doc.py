@@ -62,6 +62,27 @@ def _targets(report: dict[str, Any]) -> list[str]:
         ["figure", "target", "measured (p99 ms / CPU %)", "met"], rows)
 
 
+def _floor(report: dict[str, Any]) -> list[str]:
+    floor = report["machine_floor"]
+    late, work = floor["wakeup_late_ms"], floor["fixed_work"]
+    b2b, paced = work["back_to_back_ms"], work["paced_ms"]
+    return ["## The machine's floor", "",
+            "Two figures that involve no kb_ros code (`kb_ros/cli/bench_floor.py`), measured "
+            f"first. A thread waiting for absolute {CHUNK_MS:g} ms deadlines, as capture_node "
+            f"paces a file and small_node waits for input, returns {late['p50']:.3f} / "
+            f"{late['p99']:.3f} ms late (p50 / p99, {late['n']} waits). Each paced or woken "
+            "process on the end-to-end path waits like this at least once per chunk, so the "
+            "end-to-end p99 beyond the algorithmic latency cannot fall below this machine's "
+            "own lateness.", "",
+            f"The same {work['matrices']} products of {work['size']} x {work['size']} float32 "
+            f"matrices take {b2b['cpu_p50']:.3f} / {b2b['cpu_p99']:.3f} ms of thread CPU "
+            f"(p50 / p99) back to back and {paced['cpu_p50']:.3f} / {paced['cpu_p99']:.3f} ms "
+            f"once per {CHUNK_MS:g} ms: {work['paced_slowdown']:.2f} x at the median. Caches "
+            "and the core's clock cool while a thread sleeps, and a virtual CPU may serve "
+            "another guest meanwhile: every paced figure below (the node path, the nodes' CPU "
+            "share) carries that factor over the back-to-back compute figures.", ""]
+
+
 def _compute(report: dict[str, Any]) -> list[str]:
     compute = report["compute"]
     rows = []
@@ -290,8 +311,8 @@ def write_doc(report: dict[str, Any], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     plots = write_plots(report, path.parent)
-    lines = (_header(report) + _targets(report) + _compute(report) + _where(report)
-             + _budget(report, plots) + _node_path(report) + _e2e(report, plots)
+    lines = (_header(report) + _targets(report) + _floor(report) + _compute(report)
+             + _where(report) + _budget(report, plots) + _node_path(report) + _e2e(report, plots)
              + _hints(report, plots) + _streams(report, plots))
     path.write_text("\n".join(lines))
     return path
