@@ -293,8 +293,7 @@ def test_stray_stamps_do_not_blow_up_scoring(models, tmp_path):
 
 def test_audio_in_a_format_replay_cannot_use_fails_clearly(models, tmp_path):
     """
-    audio_capture with its default mp3 coding: the only audio_info is unusable, so replay
-    must refuse the bag.
+    Refuse a bag of audio_capture's default mp3 coding: its only audio_info is unusable.
 
     Decoding it as the default F32LE 16 kHz would replay noise. A bad info after a good one is
     only counted (as small_node does): the stream keeps the good format.

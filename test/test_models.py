@@ -564,3 +564,25 @@ def test_checkpoint_rejects_mismatched_weights(tmp_path) -> None:
     (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="do not match"):
         load_model(tmp_path / "m")
+
+
+DAMAGE = {
+    "manifest is a list": lambda d: (d / "manifest.json").write_text("[]"),
+    "manifest without config": lambda d: (d / "manifest.json").write_text('{"format": "x"}'),
+    "config with an unknown field": lambda d: (d / "manifest.json").write_text(
+        (d / "manifest.json").read_text().replace('"config": {', '"config": {"bogus": 1, ')),
+    "weights are garbage": lambda d: (d / "weights.pt").write_bytes(b"\x80\x04garbage" * 50),
+    "weights truncated": lambda d: (d / "weights.pt").write_bytes(
+        (d / "weights.pt").read_bytes()[:300]),
+    "weights of another model": lambda d: torch.save(
+        make_model(get_config("large"), torch.float32).state_dict(), d / "weights.pt"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_checkpoint_is_a_one_line_error_naming_it(tmp_path, damage: str) -> None:
+    save_model(make_model(get_config("small"), torch.float32), tmp_path / "m")
+    DAMAGE[damage](tmp_path / "m")
+    with pytest.raises(ValueError) as caught:
+        load_checkpoint(tmp_path / "m")
+    assert str(tmp_path / "m") in str(caught.value) and "\n" not in str(caught.value)

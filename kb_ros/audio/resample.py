@@ -27,7 +27,7 @@ GATHER_LIMIT = 1 << 20  # input samples gathered at once (4 MB), however large a
 
 
 def resampling_filter(up: int, down: int) -> np.ndarray:
-    """The anti-aliasing low-pass ``resample_poly`` uses for ``up / down``, gain ``up``."""
+    """Return the anti-aliasing low-pass ``resample_poly`` uses for ``up / down``, gain ``up``."""
     max_rate = max(up, down)
     taps = firwin(2 * HALF_LEN_PER_RATE * max_rate + 1, 1.0 / max_rate,
                   window=("kaiser", KAISER_BETA))

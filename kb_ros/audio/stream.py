@@ -1,7 +1,4 @@
-"""
-Incoming PCM payloads to fixed chunks: decode in the announced format, convert to the models'
-rate, count what is bad.
-"""
+"""Incoming PCM payloads to fixed chunks: decode, convert to 16 kHz, count what is bad."""
 
 from __future__ import annotations
 

@@ -39,7 +39,8 @@ def _to_float32(data: np.ndarray) -> np.ndarray:
     if np.issubdtype(data.dtype, np.integer):
         return (data / float(2 ** (8 * data.dtype.itemsize - 1))).astype(np.float32)
     if np.issubdtype(data.dtype, np.floating):
-        return data.astype(np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32 becomes Inf: refused after
+            return data.astype(np.float32)
     raise WavError(f"unsupported sample type {data.dtype}")
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kb_ros.audio.clock import NS_PER_S
-from kb_ros.audio.pcm import AudioFormat, PcmError
+from kb_ros.audio.clock import MAX_STAMP_NS, NS_PER_S
+from kb_ros.audio.pcm import AudioFormat, PcmError, decode_pcm
 from kb_ros.bags.reader import BagReader
 from kb_ros.bags.topics import info_topic
 from kb_ros.transport.messages import AUDIO_INFO, AUDIO_STAMPED
@@ -80,12 +80,18 @@ def audio_stream_info(reader: BagReader, topic: str) -> dict:
     """Format, block count and sizes, audio length, stamp span and gaps of an audio topic."""
     fmt, source = _stream_format(reader, topic)
     gaps = GapCounter()
-    blocks = frames_total = bad_payloads = 0
+    blocks = frames_total = bad_payloads = bad_stamps = 0
     sizes: set[int] = set()
     for _, _, msg in reader.messages([topic]):
-        frames, rest = divmod(len(msg.data), fmt.bytes_per_frame)
-        if rest or not frames:
+        try:
+            frames = len(decode_pcm(msg.data, fmt))  # not whole frames, NaN, Inf: as replay
+        except PcmError:
+            frames = 0
+        if not frames:
             bad_payloads += 1
+            continue
+        if not 0 < msg.stamp_ns <= MAX_STAMP_NS - frames * NS_PER_S // fmt.sample_rate:
+            bad_stamps += 1  # no stamp (0) or past int32 seconds: replay drops these too
             continue
         blocks += 1
         frames_total += frames
@@ -95,7 +101,7 @@ def audio_stream_info(reader: BagReader, topic: str) -> dict:
     return {"format": asdict(fmt), "format_source": source, "blocks": blocks,
             "block_frames": [min(sizes), max(sizes)] if sizes else [],
             "audio_s": frames_total / fmt.sample_rate, "stamps_s": span,
-            "bad_payloads": bad_payloads, **gaps.as_dict()}
+            "bad_payloads": bad_payloads, "bad_stamps": bad_stamps, **gaps.as_dict()}
 
 
 def bag_info(path: str | Path) -> dict:
@@ -128,7 +134,8 @@ def format_info(info: dict) -> str:
                      f"{'-'.join(str(n) for n in sorted(set(a['block_frames'])))} frames, "
                      f"{a['audio_s']:.3f} s of audio")
         lines.append(f"  stamp gaps: {a['gaps']} ({a['missing_ms']:.1f} ms missing), "
-                     f"steps back: {a['steps_back']}, bad payloads: {a['bad_payloads']}")
+                     f"steps back: {a['steps_back']}, bad payloads: {a['bad_payloads']}, "
+                     f"bad stamps: {a['bad_stamps']}")
         for gap in a["first_gaps"]:
             lines.append(f"    at +{gap['at_s']:.3f} s: {gap['missing_ms']:+.1f} ms")
     return "\n".join(lines)

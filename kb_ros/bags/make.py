@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kb_ros.audio.clock import SAMPLE_RATE, ChunkClock
+from kb_ros.audio.clock import MAX_STAMP_NS, NS_PER_S, SAMPLE_RATE, ChunkClock
 from kb_ros.audio.pcm import AudioFormat, encode_pcm
 from kb_ros.audio.wav import read_wav
 from kb_ros.bags.topics import info_topic, offered_qos, topic_type
@@ -77,6 +77,11 @@ def make_bag(opts: MakeOptions) -> dict:
     if opts.style.block_frames < 1:
         raise ValueError(f"block size must be >= 1 frame, got {opts.style.block_frames}")
     mix, _ = read_wav(opts.mix, sample_rate=SAMPLE_RATE)
+    end_ns = opts.start_ns + len(mix) * NS_PER_S // SAMPLE_RATE
+    if opts.start_ns <= 0 or end_ns > MAX_STAMP_NS:
+        raise ValueError(f"--start-s {opts.start_ns / NS_PER_S:.3f}: stamps must lie between 0 "
+                         f"and {MAX_STAMP_NS // NS_PER_S} s (builtin_interfaces/Time), audio "
+                         "included")
     ref = read_wav(opts.ref, sample_rate=SAMPLE_RATE, mono=True)[0] if opts.ref else None
     style = opts.style
     fmt = AudioFormat(channels=mix.shape[1], sample_format=style.sample_format)
@@ -89,10 +94,10 @@ def make_bag(opts: MakeOptions) -> dict:
                             opts.start_ns, opts.frame_id)
     messages.sort(key=lambda item: item[0])  # stable: infos stay ahead of their first block
     topics = list(dict.fromkeys(topic for _, topic, _ in messages))
-    with BagWriter(opts.out, opts.storage) as writer:
+    with BagWriter(opts.out, opts.storage, keep_on_error=False) as writer:
         for topic in topics:
             writer.add_topic(topic, topic_type(topic), offered_qos(topic))
         for time_ns, topic, msg in messages:
             writer.write(topic, msg, time_ns)
     return {"bag": str(opts.out), "storage": opts.storage, "topics": topics, "blocks": blocks,
-            "block_frames": style.block_frames, "seconds": len(mix) / SAMPLE_RATE}
+            "block_frames": min(style.block_frames, len(mix)), "seconds": len(mix) / SAMPLE_RATE}

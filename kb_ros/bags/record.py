@@ -9,6 +9,7 @@ most that much, and ``kb-ros bag repair`` recovers the rest. SIGINT/SIGTERM clos
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +34,12 @@ class RecordOptions:
     flush_s: float = 0.5
     dds_interface: str | None = None  # None: loopback only (or CYCLONEDDS_URI)
 
+    def __post_init__(self) -> None:
+        for name in ("duration_s", "flush_s"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+
 
 class BagRecorder:
     """Subscribes to every topic and writes each message as it arrives, on the spin thread."""
@@ -42,18 +49,27 @@ class BagRecorder:
         self.topics = ["/" + t.lstrip("/") for t in opts.topics]
         self.counts: Counter = Counter()
         self._last_ns = 0
-        self.writer = BagWriter(opts.out, opts.storage)
         self.backend = DdsBackend(RosArgs(NODE_NAME, "/"),
                                   config or resolve_config(opts.dds_interface))
-        for topic in self.topics:
-            msg_type = topic_type(topic)
-            self.writer.add_topic(topic, msg_type, offered_qos(topic))
-            self.backend.create_subscription(
-                msg_type, topic, lambda msg, topic=topic: self._keep(topic, msg),
-                subscription_qos(topic))
-        self.backend.create_timer(opts.flush_s, self.writer.flush)
-        if opts.duration_s is not None:
-            self.backend.create_timer(opts.duration_s, self.backend.shutdown)
+        try:
+            self.writer = BagWriter(opts.out, opts.storage)
+        except BaseException:
+            self.backend.close()
+            raise
+        try:
+            for topic in self.topics:
+                msg_type = topic_type(topic)
+                self.writer.add_topic(topic, msg_type, offered_qos(topic))
+                self.backend.create_subscription(
+                    msg_type, topic, lambda msg, topic=topic: self._keep(topic, msg),
+                    subscription_qos(topic))
+            self.backend.create_timer(opts.flush_s, self.writer.flush)
+            if opts.duration_s is not None:
+                self.backend.create_timer(opts.duration_s, self.backend.shutdown)
+        except BaseException:  # nothing recorded yet: leave no stub in the way of a rerun
+            self.writer.discard()
+            self.backend.close()
+            raise
 
     def _keep(self, topic: str, msg: Any) -> None:
         self._last_ns = max(time.time_ns(), self._last_ns)

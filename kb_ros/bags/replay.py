@@ -308,10 +308,12 @@ class InProcessReplay:
 
     def on_audio(self, msg: AudioChunkMsg) -> None:
         self.input_messages += 1
-        frames = len(msg.data) // self.input.format.bytes_per_frame
-        if frames:
-            self.input_gaps.add(msg.stamp_ns, frames, self.input.format.sample_rate)
-        for chunk in self.input.push(msg.stamp_ns, msg.data):
+        fmt, drops = self.input.format, self.input.drops.total()
+        chunks = self.input.push(msg.stamp_ns, msg.data)
+        if self.input.drops.total() == drops:  # stamp statistics of the audio replay used
+            self.input_gaps.add(msg.stamp_ns, len(msg.data) // fmt.bytes_per_frame,
+                                fmt.sample_rate)
+        for chunk in chunks:
             self._step(chunk)
 
     # -- the pipeline -----------------------------------------------------------------------

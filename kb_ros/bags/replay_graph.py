@@ -98,13 +98,14 @@ def _play(messages: list[tuple[str, object]], namespace: str, domain_id: int,
             if role == "audio_info":
                 publish_info(msg)
                 continue
-            rate = stream.format.sample_rate
-            frames = len(msg.data) // stream.format.bytes_per_frame
-            pacer.wait_for(msg.stamp_ns + frames * NS_PER_S // rate)
+            fmt, drops = stream.format, stream.drops.total()
+            made = len(stream.push(msg.stamp_ns, msg.data))
+            if stream.drops.total() == drops:  # what the nodes drop goes out at once, unpaced
+                frames = len(msg.data) // fmt.bytes_per_frame
+                pacer.wait_for(msg.stamp_ns + frames * NS_PER_S // fmt.sample_rate)
+                input_stats.add(msg.stamp_ns, frames, fmt.sample_rate)
             audio.publish(msg)
-            chunks += len(stream.push(msg.stamp_ns, msg.data))
-            if frames:
-                input_stats.add(msg.stamp_ns, frames, rate)
+            chunks += made
         return pacer, chunks
     finally:
         player.close()

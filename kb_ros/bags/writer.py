@@ -112,6 +112,12 @@ class BagWriter:
         if exc_type is None:
             self.close()
             return
+        if self.keep_on_error:
+            self._writer.abort()
+        else:
+            self.discard()
+
+    def discard(self) -> None:
+        """Abort the bag and remove what it wrote (the writer made the folder: it was new)."""
         self._writer.abort()
-        if not self.keep_on_error:
-            shutil.rmtree(self.path, ignore_errors=True)  # the writer made it: it must be new
+        shutil.rmtree(self.path, ignore_errors=True)

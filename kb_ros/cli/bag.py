@@ -17,6 +17,7 @@ from pathlib import Path
 from kb_ros.audio.clock import SAMPLE_RATE
 from kb_ros.audio.pcm import SAMPLE_FORMATS, AudioFormat
 from kb_ros.audio.resample import StreamResampler
+from kb_ros.cli.arg_types import finite_float, topic_name
 
 STORAGE_CHOICES = ("mcap", "sqlite3")
 
@@ -27,7 +28,8 @@ def _make(args: argparse.Namespace) -> int:
     style = STYLES[args.style]
     style = replace(style, audio_topic=args.topic or style.audio_topic,
                     sample_format=args.format or style.sample_format,
-                    block_frames=args.block_frames or style.block_frames)
+                    block_frames=(style.block_frames if args.block_frames is None
+                                  else args.block_frames))
     start_ns = round((time.time() if args.start_s is None else args.start_s) * 1e9)
     summary = make_bag(MakeOptions(args.mix, args.out, args.ref, style, args.storage, start_ns,
                                    args.frame_id))
@@ -75,7 +77,8 @@ def _input_format(args: argparse.Namespace) -> AudioFormat | None:
         if args.input_channels is not None or args.input_rate is not None:
             raise ValueError("--input-channels and --input-rate go with --input-format")
         return None
-    fmt = AudioFormat(channels=args.input_channels or 1, sample_rate=args.input_rate or 16000,
+    fmt = AudioFormat(channels=1 if args.input_channels is None else args.input_channels,
+                      sample_rate=args.input_rate or SAMPLE_RATE,
                       sample_format=args.input_format).validate()
     if fmt.sample_rate != SAMPLE_RATE:
         StreamResampler(fmt.sample_rate, SAMPLE_RATE, fmt.channels)  # refuses odd ratios now
@@ -147,12 +150,12 @@ def add_bag_parser(sub: argparse._SubParsersAction) -> None:
     make.add_argument("--style", choices=("kb", "audio_capture"), default="kb",
                       help="kb: /kb/audio, F32LE, 128 frames; audio_capture: "
                            "/audio/audio_stamped, S16LE, 160 frames")
-    make.add_argument("--topic", help="audio topic (default: the style's)")
+    make.add_argument("--topic", type=topic_name, help="audio topic (default: the style's)")
     make.add_argument("--format", choices=sorted(SAMPLE_FORMATS), help="PCM sample format")
     make.add_argument("--block-frames", type=int, help="frames per message")
     make.add_argument("--storage", choices=STORAGE_CHOICES, default="mcap")
-    make.add_argument("--start-s", type=float, help="stamp of the first sample, epoch seconds "
-                                                    "(default: now)")
+    make.add_argument("--start-s", type=finite_float,
+                      help="stamp of the first sample, epoch seconds (default: now)")
     make.add_argument("--frame-id", default="mic", help="header.frame_id")
     make.add_argument("--json", action="store_true", help="print one JSON object")
     make.set_defaults(run=_make)
@@ -166,15 +169,18 @@ def add_bag_parser(sub: argparse._SubParsersAction) -> None:
                                             "bag and report hit rate, latency, SI-SNRi")
     replay.add_argument("bag", type=Path, help="bag directory or .mcap/.db3 file")
     replay.add_argument("-o", "--out", type=Path, required=True, help="new output bag directory")
-    replay.add_argument("--audio-topic", default="/kb/audio",
+    replay.add_argument("--audio-topic", type=topic_name, default="/kb/audio",
                         help="input topic (audio_capture: /audio/audio_stamped)")
-    replay.add_argument("--reference-topic",
+    replay.add_argument("--reference-topic", type=topic_name,
                         help="clean reference for SI-SNRi (default: `reference` beside the "
                              "audio topic, when the bag has it)")
-    replay.add_argument("--namespace", default="/kb", help="namespace of the output topics")
-    replay.add_argument("--link-delay-ms", type=float, default=24.0, help="one-way link delay")
-    replay.add_argument("--jitter-ms", type=float, default=0.0, help="link jitter, each way")
-    replay.add_argument("--loss", type=float, default=0.0, help="link loss probability")
+    replay.add_argument("--namespace", type=topic_name, default="/kb",
+                        help="namespace of the output topics")
+    replay.add_argument("--link-delay-ms", type=finite_float, default=24.0,
+                        help="one-way link delay")
+    replay.add_argument("--jitter-ms", type=finite_float, default=0.0,
+                        help="link jitter, each way")
+    replay.add_argument("--loss", type=finite_float, default=0.0, help="link loss probability")
     replay.add_argument("--seed", type=int, default=0, help="seed of the link's random choices")
     pace = replay.add_mutually_exclusive_group()
     pace.add_argument("--realtime", dest="pace", action="store_const", const="realtime",
@@ -208,11 +214,13 @@ def add_bag_parser(sub: argparse._SubParsersAction) -> None:
                         help="topics (default: every kb_ros topic of --namespace and "
                              "/diagnostics); *_info: AudioInfo, /diagnostics: DiagnosticArray, "
                              "others: AudioDataStamped")
-    record.add_argument("--namespace", default="/kb", help="namespace for the default topics")
+    record.add_argument("--namespace", type=topic_name, default="/kb",
+                        help="namespace for the default topics")
     record.add_argument("-o", "--out", type=Path, required=True, help="new bag directory")
     record.add_argument("--storage", choices=STORAGE_CHOICES, default="mcap")
-    record.add_argument("--duration-s", type=float, help="stop after this long (default: Ctrl-C)")
-    record.add_argument("--flush-s", type=float, default=0.5,
+    record.add_argument("--duration-s", type=finite_float,
+                        help="stop after this long (default: Ctrl-C)")
+    record.add_argument("--flush-s", type=finite_float, default=0.5,
                         help="flush period: the most a killed recorder loses")
     record.add_argument("--dds-interface", help="network interface (default: loopback only)")
     record.add_argument("--json", action="store_true", help="print the summary as JSON")

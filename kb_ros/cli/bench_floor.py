@@ -54,7 +54,7 @@ def _fixed_work() -> Callable[[int], object]:
 
 
 def paced_and_back_to_back(calls: int) -> tuple[Samples, Samples]:
-    """The same fixed work timed ``calls`` times back to back, then once per 8 ms."""
+    """Time the same fixed work ``calls`` times back to back, then once per 8 ms."""
     work = _fixed_work()
     back_to_back = time_calls(work, calls, warmup=20)
     period_s = CHUNK_MS / 1e3

@@ -30,6 +30,7 @@ from kb_ros.audio.clock import CHUNK_FRAMES, CHUNK_MS, Chunk
 from kb_ros.audio.wav import read_wav
 from kb_ros.boosting.batched_engine import BatchedEngine
 from kb_ros.boosting.hint_server import HintServer
+from kb_ros.cli.arg_types import finite_float
 from kb_ros.models.shipped import load_model_and_manifest
 from kb_ros.resources import demo_sample_path
 
@@ -288,12 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m kb_ros.cli.bench_streams",
                                      description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--max-streams", type=int, default=8, help="largest N to try")
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each run")
+    parser.add_argument("--seconds", type=finite_float, default=5.0, help="length of each run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--phase-s", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--phase-s", type=finite_float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         _worker(args.seconds, args.phase_s, args.threads, args.device)

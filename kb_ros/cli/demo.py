@@ -76,9 +76,11 @@ def _progress(done: int, total: int, quiet: bool) -> None:
 def run_demo(opts: DemoOptions) -> dict:
     """Run the live graph on the demo sample and return the report (also written as JSON)."""
     out = opts.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     mix = read_wav(opts.mix_wav, mono=True)[0][:, 0]
     clean = read_wav(opts.clean_wav, mono=True)[0][:, 0] if opts.clean_wav else None
+    if not len(mix):
+        raise ValueError(f"{opts.mix_wav} holds no audio")
+    out.mkdir(parents=True, exist_ok=True)
     n_chunks = -(-len(mix) // CHUNK_FRAMES)
     domain_id = opts.domain_id if opts.domain_id is not None else 100 + os.getpid() % 100
     say = (lambda *a: None) if opts.quiet else print

@@ -10,11 +10,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from kb_ros.audio.clock import CHUNK_FRAMES, CHUNK_MS
+from kb_ros.audio.clock import CHUNK_FRAMES, CHUNK_MS, SAMPLE_RATE
 from kb_ros.audio.metrics import pesq_wb, si_snr, si_snr_improvement, stoi
 from kb_ros.audio.wav import read_wav
 from kb_ros.boosting.engine import ChunkEngine
@@ -62,9 +63,30 @@ def evaluate(mix: np.ndarray, ref: np.ndarray, delay_chunks: int, *, kb_model: s
     }
 
 
-def evaluate_files(mix_path: Path, ref_path: Path, delay_chunks: int) -> dict:
+MIN_SCORED_SAMPLES = CHUNK_FRAMES + OUTPUT_DELAY_SAMPLES  # one chunk past the look-ahead
+SILENCE_RMS = 1e-5  # -100 dBFS: below this a signal holds nothing to score against
+
+
+def evaluate_files(mix_path: Path, ref_path: Path, delay_chunks: int,
+                   warn: Callable[[str], None] = print) -> dict:
+    """
+    ``evaluate`` on two WAVs, refusing what cannot give a meaningful score.
+
+    Empty, too short or silent files are errors (SI-SNR of silence is 0 dB or noise, not a
+    score); files of different lengths are scored over the shorter, with a warning.
+    """
     mix, _ = read_wav(mix_path)
     ref, _ = read_wav(ref_path, mono=True)
+    for path, audio in ((mix_path, mix), (ref_path, ref)):
+        if len(audio) < MIN_SCORED_SAMPLES:
+            raise ValueError(f"{path}: {len(audio)} samples at 16 kHz; scoring needs at least "
+                             f"{MIN_SCORED_SAMPLES} (one chunk past the look-ahead)")
+        if np.sqrt(np.mean(np.square(audio, dtype=np.float64))) < SILENCE_RMS:
+            raise ValueError(f"{path}: silent (RMS under -100 dBFS): nothing to score")
+    if len(mix) != len(ref):
+        warn(f"--mix lasts {len(mix) / SAMPLE_RATE:.3f} s and --ref "
+             f"{len(ref) / SAMPLE_RATE:.3f} s: scoring the first "
+             f"{min(len(mix), len(ref)) / SAMPLE_RATE:.3f} s")
     return evaluate(mix, ref[:, 0], delay_chunks)
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from kb_ros.cli.arg_types import finite_float
 from kb_ros.cli.bag import add_bag_parser
 from kb_ros.cli.bench import add_bench_parser
 from kb_ros.cli.faults import add_faults_parser
@@ -18,6 +19,8 @@ def _demo(args: argparse.Namespace) -> int:
     from kb_ros.cli.demo import default_options, run_demo
 
     opts = default_options(args.out)
+    if args.ref and not args.mix:
+        raise ValueError("--ref goes with --mix (the shipped sample has its own reference)")
     if args.mix:
         opts.mix_wav, opts.clean_wav = args.mix, args.ref
     opts.link_delay_ms, opts.jitter_ms, opts.loss = args.link_delay_ms, args.jitter_ms, args.loss
@@ -36,13 +39,19 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError("give --mix and --ref, or --table, or --complexity")
     from kb_ros.cli.evaluate import evaluate_files
 
-    result = evaluate_files(args.mix, args.ref, args.delay_chunks)
+    result = evaluate_files(args.mix, args.ref, args.delay_chunks,
+                            warn=lambda line: print(f"kb-ros eval: {line}", file=sys.stderr))
     if args.json:
         print(json.dumps(result))
     else:
         for name, value in result["si_snri_db"].items():
             print(f"SI-SNRi {name:<8} {value:6.2f} dB")
-        print(f"hint hit rate   {result['hint_hit_rate']:.1%} at {args.delay_chunks} chunks delay")
+        ages = sorted(int(age) for age in result["hints"]["age_histogram"])
+        span = f"{ages[0]}-{ages[-1]}" if ages and ages[0] != ages[-1] else "".join(
+            map(str, ages[:1]))
+        used = f", hint age {span} chunks" if ages else ""
+        print(f"hint hit rate   {result['hint_hit_rate']:.1%} at {args.delay_chunks} chunks "
+              f"delay{used}")
     return 0
 
 
@@ -77,9 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, help="output folder (default kb_demo_out/<time>)")
     demo.add_argument("--mix", type=Path, help="input WAV instead of the shipped sample")
     demo.add_argument("--ref", type=Path, help="clean reference WAV for --mix (for SI-SNRi)")
-    demo.add_argument("--link-delay-ms", type=float, default=24.0, help="one-way link delay")
-    demo.add_argument("--jitter-ms", type=float, default=0.0, help="link jitter, each way")
-    demo.add_argument("--loss", type=float, default=0.0, help="link loss probability")
+    demo.add_argument("--link-delay-ms", type=finite_float, default=24.0,
+                      help="one-way link delay")
+    demo.add_argument("--jitter-ms", type=finite_float, default=0.0, help="link jitter, each way")
+    demo.add_argument("--loss", type=finite_float, default=0.0, help="link loss probability")
     demo.add_argument("--no-plot", action="store_true", help="skip the PNG")
     demo.set_defaults(run=_demo)
 
@@ -108,10 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train", type=int, default=640, help="training examples")
     data.add_argument("--val", type=int, default=96, help="validation examples")
     data.add_argument("--test", type=int, default=96, help="test examples")
-    data.add_argument("--seconds", type=float, default=4.0, help="length of each example")
+    data.add_argument("--seconds", type=finite_float, default=4.0, help="length of each example")
     data.add_argument("--task", choices=("se", "ss"), default="se",
                       help="se: enhancement; ss: 2-speaker separation")
-    data.add_argument("--reverb-prob", type=float, default=0.0, help="share of reverberant rooms")
+    data.add_argument("--reverb-prob", type=finite_float, default=0.0,
+                      help="share of reverberant rooms")
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--workers", type=int, default=2)
     data.set_defaults(run=_data)
@@ -126,14 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start from this checkpoint's weights where names and shapes match")
     tr.add_argument("--steps", type=int, default=2000)
     tr.add_argument("--batch", type=int, default=8)
-    tr.add_argument("--segment-s", type=float, default=2.0, help="training crop length")
-    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--segment-s", type=finite_float, default=2.0, help="training crop length")
+    tr.add_argument("--lr", type=finite_float, default=1e-3)
     tr.add_argument("--val-every", type=int, default=200)
     tr.add_argument("--checkpoint-every", type=int, default=50)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=2)
     tr.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    tr.add_argument("--max-minutes", type=float, help="stop resumably after this long")
+    tr.add_argument("--max-minutes", type=finite_float, help="stop resumably after this long")
     tr.set_defaults(run=_train)
 
     add_bag_parser(sub)

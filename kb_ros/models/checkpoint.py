@@ -95,13 +95,33 @@ def save_model(model: StreamingModel, path: str | Path, recipe: dict[str, Any] |
     return manifest
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: its path and what is wrong with it, in one line."""
+
+    def __init__(self, path: Path, what: str, err: Exception | None = None) -> None:
+        cause = f" ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]})" if (
+            err is not None and str(err).strip()) else ""
+        super().__init__(f"{path}: {what}{cause}")
+
+
 def _read(path: Path, with_weights: bool) -> tuple[dict[str, Any], dict[str, Tensor] | None]:
-    if _is_single_file(path):
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        return json.loads(blob["manifest"]), blob["state_dict"]
-    manifest = json.loads((path / MANIFEST_FILE).read_text())
-    weights = (torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-               if with_weights else None)
+    """Read manifest and weights; anything but a missing file is a ``CheckpointError``."""
+    try:
+        if _is_single_file(path):
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            manifest, weights = json.loads(blob["manifest"]), blob["state_dict"]
+        else:
+            manifest = json.loads((path / MANIFEST_FILE).read_text())
+            weights = (torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+                       if with_weights else None)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch.load and json raise many kinds for a damaged file
+        raise CheckpointError(path, "not a readable kb_ros checkpoint", err) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise CheckpointError(path, "its manifest holds no model config")
+    if with_weights and not isinstance(weights, dict):
+        raise CheckpointError(path, "its weights are not a state dict")
     return manifest, weights
 
 
@@ -115,18 +135,22 @@ def load_checkpoint(path: str | Path) -> tuple[StreamingModel, dict[str, Any]]:
     """
     Load the model (eval mode, float32, CPU) and its manifest.
 
-    Raises ``ValueError`` when the format is unknown or the weights do not match the
-    manifest's ``model_id``.
+    Raises ``ValueError`` (``CheckpointError`` for a damaged one) when the checkpoint cannot be
+    read, its format is unknown or its weights do not match the manifest's ``model_id``.
     """
     manifest, weights = _read(Path(path), with_weights=True)
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {manifest.get('format')!r}")
     assert weights is not None
-    model = StreamingModel(ModelConfig.from_dict(manifest["config"]))
-    model.load_state_dict(weights)
+    try:
+        model = StreamingModel(ModelConfig.from_dict(manifest["config"]))
+        model.load_state_dict(weights)
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(Path(path), "its config or weights do not make a kb_ros model",
+                              err) from None
     model.float().eval()
-    if model_id(model) != manifest["model_id"]:
-        raise ValueError(f"{path}: weights do not match model_id {manifest['model_id']}")
+    if model_id(model) != manifest.get("model_id"):
+        raise ValueError(f"{path}: weights do not match model_id {manifest.get('model_id')}")
     return model, manifest
 
 

@@ -95,6 +95,15 @@ class CaptureNode:
         self.published += 1
 
     def _run(self) -> None:
+        """Stream in the worker thread; an unexpected failure there ends the node (status 1)."""
+        try:
+            self._stream_source()
+        except Exception as err:  # the thread's last resort: never a node spinning without it
+            self.log.fatal(f"capture failed: {err!r}; shutting down")
+            self.exit_code = 1
+            self.backend.shutdown()
+
+    def _stream_source(self) -> None:
         """Stream the source; on a source error exit or retry, per ``on_source_error``."""
         stream = self._stream_file if self.params["source"] == "file" else self._stream_mic
         ended = False
@@ -145,6 +154,8 @@ class CaptureNode:
             audio, _ = read_wav(self.path, sample_rate=SAMPLE_RATE)
         except (OSError, ValueError) as err:  # missing, unreadable, not a WAV, truncated
             raise SourceError(str(err)) from err
+        if not len(audio):
+            raise SourceError(f"{self.path} holds no audio (0 frames)")
         self._opened(f"{self.path}: {len(audio) / SAMPLE_RATE:.2f} s, {audio.shape[1]} ch")
         self._announce(AudioFormat(channels=audio.shape[1],
                                    sample_format=self.params["sample_format"]))

@@ -6,7 +6,9 @@ A gap in stamps (a lost chunk) is filled with silence, so the file keeps the str
 
 from __future__ import annotations
 
+import os
 import wave
+from pathlib import Path
 
 import numpy as np
 
@@ -40,6 +42,8 @@ class PlaybackNode:
         self._clock: ChunkClock | None = None
         self._next_index = 0
         self._sink = None
+        if self.params["sink"] == "wav":
+            check_writable(Path(self.params["wav"]))
         backend.create_subscription(AUDIO_INFO, "enhanced_info", self.on_info, qos.INFO_SUB)
         backend.create_subscription(AUDIO_STAMPED, "enhanced", self.on_chunk, qos.AUDIO_SUB)
         self.log.info(f"ready: {self.params['sink']} sink")
@@ -68,10 +72,14 @@ class PlaybackNode:
             self.drop_log("out_of_order")
             return
         gap = min(index - self._next_index, MAX_GAP_CHUNKS)
-        if gap:
-            self.gap_chunks += gap
-            self._write(np.zeros((gap * CHUNK_FRAMES, audio.shape[1]), np.float32))
-        self._write(audio)
+        try:
+            if gap:
+                self._write(np.zeros((gap * CHUNK_FRAMES, audio.shape[1]), np.float32))
+            self._write(audio)
+        except OSError as err:  # a full disk, a removed folder: count it, keep the node up
+            self.drop_log("sink_error", str(err))
+            return
+        self.gap_chunks += gap
         self._next_index = index + 1
         self.chunks += 1
 
@@ -100,6 +108,17 @@ class PlaybackNode:
         if self._sink is not None:
             self._sink.close()
         self.log.info(f"played {self.chunks} chunks ({self.gap_chunks} missing chunks filled)")
+
+
+def check_writable(path: Path) -> None:
+    """Refuse at start a WAV path that could never be written (not at the first chunk)."""
+    folder = path.parent
+    if path.is_dir():
+        raise ValueError(f"wav {path} is a directory")
+    if not folder.is_dir():
+        raise ValueError(f"wav {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"wav {path} is not writable")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,10 +12,12 @@ The config must be in place before the first DomainParticipant of a domain exist
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Mapping
 from xml.sax.saxutils import quoteattr
 
+from cyclonedds.core import DDSException
 from cyclonedds.domain import Domain, DomainParticipant
 
 LOOPBACK = "lo"
@@ -78,6 +80,11 @@ def resolve_config(interface: str | None = None, environ: Mapping[str, str] = os
     domain_id = domain_id_from_env(environ)
     if interface is None and environ.get("CYCLONEDDS_URI"):
         return DdsConfig(domain_id, None, "CYCLONEDDS_URI from the environment")
+    if interface is not None and interface != LOOPBACK:
+        names = [name for _, name in socket.if_nameindex()]
+        if interface not in names:
+            raise ValueError(f"no network interface {interface!r} here (there are: "
+                             f"{', '.join(names)})")
     where = f"interface {interface}" if interface else "loopback only"
     return DdsConfig(domain_id, build_config_xml(interface, trace_file), where)
 
@@ -92,6 +99,9 @@ def open_participant(config: DdsConfig) -> DomainParticipant:
     Cyclone refuses to create a domain twice, and a domain keeps its first configuration, so
     the Domain objects live in a module registry for the life of the process.
     """
-    if config.xml is not None and config.domain_id not in _domains:
-        _domains[config.domain_id] = Domain(config.domain_id, config.xml)
-    return DomainParticipant(config.domain_id)
+    try:
+        if config.xml is not None and config.domain_id not in _domains:
+            _domains[config.domain_id] = Domain(config.domain_id, config.xml)
+        return DomainParticipant(config.domain_id)
+    except DDSException as err:  # a bad CYCLONEDDS_URI, an interface that is down, ...
+        raise RuntimeError(f"Cyclone DDS cannot start ({config.description}): {err}") from None

@@ -91,7 +91,7 @@ def parse_param_value(text: str, where: str = "parameter") -> Any:
     try:
         value = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (SafeLoader subclass)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{where}: cannot parse {text!r} as YAML: {exc}") from None
+        raise ValueError(f"{where}: cannot parse {text!r} as YAML: {_one_line(exc)}") from None
     return _check_value(value, where)
 
 
@@ -147,15 +147,25 @@ def _node_sections(tree: dict[str, Any], path: tuple[str, ...], where: str
             yield from _node_sections(value, path + (str(key).strip("/"),), where)
 
 
+def _one_line(exc: yaml.YAMLError) -> str:
+    """Put a YAML error on one line: its problem and where (PyYAML uses several)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def load_params_file(path: str, fully_qualified_name: str) -> dict[str, Any]:
     """Return the parameters a ROS params file gives the node ``fully_qualified_name``."""
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"params file {path!r} does not exist")
     try:
-        tree = yaml.load(file.read_text(), Loader=_Yaml12Loader)  # noqa: S506
+        tree = yaml.load(file.read_text(encoding="utf-8"), Loader=_Yaml12Loader)  # noqa: S506
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"params file {path!r} is not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"params file {path!r} is not valid YAML: {exc}") from None
+        raise ValueError(f"params file {path!r} is not valid YAML: {_one_line(exc)}") from None
     if tree is None:
         return {}
     if not isinstance(tree, dict):
