@@ -82,6 +82,7 @@ def test_sections_ran_on_the_real_components(bench: tuple[dict, Path]) -> None:
     node = report["node_path_ms"]
     assert node["engine_compute_ms"]["count"] == node["chunks"]  # every chunk ran the model
     assert node["hints"] > 0
+    assert node["input_stage_ms"]["48k"]["n"] == node["input_stage_ms"]["16k"]["n"] > 0
     e2e = report["e2e"]
     # every chunk small_node heard came out once, in order, stamped like its input
     assert e2e["chunks_out"] == e2e["chunks_in"] > 0

@@ -17,8 +17,10 @@ import pstats
 import time
 from typing import Any, Callable
 
-from kb_ros.audio.clock import CHUNK_MS
+from kb_ros.audio.clock import CHUNK_FRAMES, CHUNK_MS, SAMPLE_RATE
 from kb_ros.audio.pcm import AudioFormat, encode_pcm
+from kb_ros.audio.stream import PcmChunkStream
+from kb_ros.audio.wav import resample
 from kb_ros.boosting.hint_format import HintStreamInfo, hint_audio_format
 from kb_ros.cli.bench_compute import HINT_AGE, DemoAudio
 from kb_ros.cli.bench_stats import time_calls
@@ -28,6 +30,9 @@ from kb_ros.transport.dds_config import DdsConfig, build_config_xml
 from kb_ros.transport.dds_types import AudioDataStamped, chunk_from_wire, chunk_to_wire
 from kb_ros.transport.messages import AudioChunkMsg, AudioInfoMsg
 from kb_ros.transport.ros_args import RosArgs
+
+CHUNK_NS = round(CHUNK_MS * 1e6)
+INPUT_T0_NS = 1_700_000_000 * 10**9
 
 # Stages of the path as the profile names them: (label, module path suffix, function)
 STAGES = (
@@ -106,6 +111,26 @@ def _stage_ms(stats: pstats.Stats, chunks: int) -> list[dict[str, Any]]:
     return rows
 
 
+def input_conversion_ms(demo: DemoAudio, chunks: int) -> dict[str, dict]:
+    """
+    CPU of the audio input stage per 8 ms block, S16LE at 16 kHz and at 48 kHz.
+
+    The 48 kHz block also goes through the ``StreamResampler`` a 48 kHz microphone needs.
+    """
+    mix16 = demo.mix[:chunks * CHUNK_FRAMES]
+    out = {}
+    for rate in (SAMPLE_RATE, 48000):
+        fmt = AudioFormat(sample_rate=rate, sample_format="S16LE")
+        block = CHUNK_FRAMES * rate // SAMPLE_RATE
+        audio = resample(mix16, SAMPLE_RATE, rate)
+        payloads = [encode_pcm(audio[k * block:(k + 1) * block], fmt) for k in range(chunks)]
+        stream = PcmChunkStream(fmt)
+        samples = time_calls(lambda k: stream.push(INPUT_T0_NS + k * CHUNK_NS, payloads[k]),
+                             chunks)
+        out[f"{rate // 1000}k"] = samples.summary()
+    return out
+
+
 def node_path_section(demo: DemoAudio, hint_format: str, quick: bool,
                       notify: Callable[[str], None]) -> dict[str, Any]:
     """Time (paced, real time) and profile (cProfile) the in-process node path."""
@@ -128,6 +153,9 @@ def node_path_section(demo: DemoAudio, hint_format: str, quick: bool,
         stages = _stage_ms(pstats.Stats(profiler), len(profiled))
     finally:
         path.close()
+    notify("input conversion")
+    conversion = input_conversion_ms(demo, min(chunks, demo.n_chunks))
     return {**samples.summary(), "hint_format": hint_format, "chunks": chunks,
+            "input_stage_ms": conversion,
             "engine_compute_ms": report["compute_ms"], "hints": report["hints"]["hits"],
             "catch_up": report.get("catch_up", {}), "profile_ms_per_chunk": stages}
