@@ -1,6 +1,8 @@
 """
 No data lost on shutdown: a stopped small_node publishes what it had received.
 
+A capture_node stopped mid-stream exits cleanly: its worker stops before the middleware closes.
+
 A small_node process stopped by SIGINT or SIGTERM first publishes an ``enhanced`` chunk for
 every input chunk it had received.
 
@@ -11,6 +13,8 @@ processes.
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -90,3 +94,27 @@ def test_audio_waiting_for_its_format_is_published_before_exit(tmp_path):
         assert node.proc.wait(timeout=30) == 0, "\n".join(node.lines[-20:])
     assert stamps == sent
     assert any("no audio_info yet: assuming F32LE" in line for line in node.lines)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_capture_node_stopped_mid_stream_exits_cleanly(sig):
+    """
+    Stop capture_node streaming 50 x faster than real time: a publish is under way at the signal.
+
+    The worker must stop before the middleware closes: publishing on a closed writer raised
+    ``DDS_RETCODE_BAD_PARAMETER`` and made the node exit with status 1.
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "kb_ros.nodes.capture_node", "--ros-args",
+                             "-p", "rate:=50.0", "-p", "loop:=true"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "ROS_DOMAIN_ID": str(domain_id(70))})
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:  # streaming starts once the file is open
+        if "opened" in line or time.monotonic() > deadline:
+            break
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "capture failed" not in out and "Traceback" not in out

@@ -79,9 +79,13 @@ class CaptureNode:
         self._worker = threading.Thread(target=self._run, daemon=True)
         self._worker.start()
 
-    def close(self) -> None:
+    def finish(self) -> None:
+        """Stop streaming before the middleware closes: no publish may race the teardown."""
         self._stop.set()
-        self._worker.join(timeout=2.0)
+        if self._worker is not threading.current_thread():
+            self._worker.join(timeout=2.0)
+
+    close = finish
 
     def _announce(self, fmt: AudioFormat) -> None:
         if fmt != self.format:
@@ -99,6 +103,8 @@ class CaptureNode:
         try:
             self._stream_source()
         except Exception as err:  # the thread's last resort: never a node spinning without it
+            if self._stop.is_set():  # the middleware is closing under a last publish
+                return
             self.log.fatal(f"capture failed: {err!r}; shutting down")
             self.exit_code = 1
             self.backend.shutdown()
