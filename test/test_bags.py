@@ -113,7 +113,7 @@ def test_make_info_replay_score_round_trip(storage, models, sample, tmp_path):
                       "/kb/reference_info": 1}
     qos = {t["name"]: t["qos"] for t in info["topics"]}
     assert qos["/kb/audio_info"] == ["reliable/transient_local/depth 1"]
-    assert qos["/kb/audio"] == ["best_effort/volatile/depth 32"]
+    assert qos["/kb/audio"] == ["reliable/volatile/depth 32"]
     audio = info["audio"]["/kb/audio"]
     assert audio["format"]["sample_format"] == "F32LE" and audio["block_frames"] == [128, 128]
     assert audio["gaps"] == 0 and audio["steps_back"] == 0

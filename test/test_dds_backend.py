@@ -274,7 +274,7 @@ def test_reliable_reader_gets_nothing_from_best_effort_writer(nodes: Any,
         {"tag": "best_effort", "type": audio, "topic": "audio", "qos": BEST_EFFORT}]}, domain_id)
     sub.expect("ready")
     pub = nodes(PUB_SCRIPT, {"node": "talker", "type": audio, "topic": "audio",
-                             "qos": "AUDIO_PUB", "msgs": [chunk(i) for i in range(20)],
+                             "qos": BEST_EFFORT, "msgs": [chunk(i) for i in range(20)],
                              "period": 0.01, "wait_go": True}, domain_id)
     pub.expect("matched")
     sub.expect("matched")
@@ -284,6 +284,26 @@ def test_reliable_reader_gets_nothing_from_best_effort_writer(nodes: Any,
     assert len(sub.of("msg", "best_effort")) == 20  # the traffic was there...
     assert sub.of("msg", "reliable") == []  # ...and the mismatched reader got none of it
     assert sub.of("matched", "reliable") == []
+
+
+@pytest.mark.timeout(60)
+def test_our_stream_publishers_serve_reliable_and_best_effort_readers(nodes: Any,
+                                                                      domain_id: int) -> None:
+    """A ROS 2 default subscription (reliable) gets kb_ros audio, as a best-effort one does."""
+    audio = "audio_common_msgs/msg/AudioDataStamped"
+    sub = nodes(SUB_SCRIPT, {"node": "listener", "duration": 3, "subs": [
+        {"tag": "reliable", "type": audio, "topic": "audio", "qos": RELIABLE},
+        {"tag": "best_effort", "type": audio, "topic": "audio", "qos": BEST_EFFORT}]}, domain_id)
+    sub.expect("ready")
+    pub = nodes(PUB_SCRIPT, {"node": "talker", "type": audio, "topic": "audio",
+                             "qos": "AUDIO_PUB", "msgs": [chunk(i) for i in range(20)],
+                             "period": 0.01, "wait_go": True}, domain_id)
+    pub.expect("matched")
+    while len(sub.of("matched")) < 2:
+        sub.expect("matched")
+    pub.send("go")
+    sub.expect("done")
+    assert len(sub.of("msg", "best_effort")) == len(sub.of("msg", "reliable")) == 20
 
 
 @pytest.mark.timeout(60)

@@ -109,8 +109,12 @@ def test_independent_dds_peer_gets_one_enhanced_chunk_per_input(tmp_path):
     best_effort = Qos(Policy.Reliability.BestEffort, Policy.History.KeepLast(64))
     writer = DataWriter(participant, Topic(participant, "rt/kb/audio", AudioDataStamped_),
                         best_effort)
-    reader = DataReader(participant, Topic(participant, "rt/kb/enhanced", AudioDataStamped_),
+    enhanced = Topic(participant, "rt/kb/enhanced", AudioDataStamped_)
+    reader = DataReader(participant, enhanced,
                         Qos(Policy.Reliability.BestEffort, Policy.History.KeepLast(1000)))
+    # reliable, as rclpy's create_subscription(msg, topic, callback, depth) asks: it matches too
+    ros_default = DataReader(participant, enhanced, Qos(
+        Policy.Reliability.Reliable(10**8), Policy.History.KeepLast(1000)))
     with LocalGraph(dom, log_dir=tmp_path) as graph:
         graph.start("small_node", use_hints=False)
         graph.wait_ready(120)
@@ -129,13 +133,15 @@ def test_independent_dds_peer_gets_one_enhanced_chunk_per_input(tmp_path):
             writer.write(AudioDataStamped_(header, AudioData_(list(data))))
             sent.append(stamp)
             time.sleep(0.004)
-        got = []
+        got, got_reliable = [], []
         deadline = time.monotonic() + 10
-        while len(got) < n and time.monotonic() < deadline:
+        while (len(got) < n or len(got_reliable) < n) and time.monotonic() < deadline:
             got += reader.take(N=1000)
-            time.sleep(0.05)
+            got_reliable += ros_default.take(N=1000)
+            time.sleep(0.02)
     stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in got]
     assert stamps == sent
+    assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in got_reliable] == sent
     assert all(m.header.frame_id == "peer" and len(m.audio.data) == 512 for m in got)
 
 

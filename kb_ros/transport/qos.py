@@ -1,7 +1,10 @@
 """
 QoS profiles shared by both backends, so rclpy and standalone DDS nodes match alike.
 
-Subscriptions are BEST_EFFORT so they match any publisher; the ``*_info`` topics are latched
+Subscriptions are BEST_EFFORT so they match any publisher. Publishers are RELIABLE with a short
+KEEP_LAST history, so they match any subscriber too: a ROS 2 default subscription (RELIABLE)
+gets the stream instead of silently nothing, best-effort readers (ours) see no retransmission,
+and a keep-last writer never blocks on a slow reliable reader. The ``*_info`` topics are latched
 (RELIABLE + TRANSIENT_LOCAL) so late joiners learn the format.
 """
 
@@ -35,7 +38,7 @@ class QosSpec:
 
 # Publishers keep 32 chunks (256 ms); subscribers queue up to 1 s, so a consumer that stalls
 # briefly (a GC pause, a busy core) catches up instead of losing chunks.
-AUDIO_PUB = QosSpec(Reliability.BEST_EFFORT, Durability.VOLATILE, depth=32)
+AUDIO_PUB = QosSpec(Reliability.RELIABLE, Durability.VOLATILE, depth=32)
 AUDIO_SUB = QosSpec(Reliability.BEST_EFFORT, Durability.VOLATILE, depth=125)
 INFO_PUB = QosSpec(Reliability.RELIABLE, Durability.TRANSIENT_LOCAL, depth=1)
 INFO_SUB = QosSpec(Reliability.RELIABLE, Durability.TRANSIENT_LOCAL, depth=1)
@@ -43,7 +46,7 @@ INFO_SUB = QosSpec(Reliability.RELIABLE, Durability.TRANSIENT_LOCAL, depth=1)
 # Neither changes output timing; they only switch the node's reported state.
 # A reader requesting a deadline/lease matches only writers offering one at least as strict,
 # so the hint publishers offer tighter values than the hint subscription requests.
-HINT_PUB = QosSpec(Reliability.BEST_EFFORT, Durability.VOLATILE, depth=32,
+HINT_PUB = QosSpec(Reliability.RELIABLE, Durability.VOLATILE, depth=32,
                    deadline_ms=100.0, liveliness_lease_ms=500.0)
 HINT_SUB = QosSpec(Reliability.BEST_EFFORT, Durability.VOLATILE, depth=32,
                    deadline_ms=200.0, liveliness_lease_ms=1000.0)
