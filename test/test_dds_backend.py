@@ -266,44 +266,35 @@ def test_latched_info_reaches_a_late_joiner(nodes: Any, domain_id: int) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_reliable_reader_gets_nothing_from_best_effort_writer(nodes: Any,
-                                                              domain_id: int) -> None:
+@pytest.mark.parametrize("writer_qos, reliable_matches",
+                         [(BEST_EFFORT, False), ("AUDIO_PUB", True)],
+                         ids=["best_effort_writer", "our_stream_publisher"])
+def test_which_readers_a_writer_serves(nodes: Any, domain_id: int, writer_qos: Any,
+                                       reliable_matches: bool) -> None:
+    """
+    A reliable reader gets nothing from a best-effort writer (as in rclpy), silently.
+
+    kb_ros's stream publishers are reliable (keep last), so a ROS 2 default subscription, which
+    is reliable, gets them as a best-effort one does.
+    """
     audio = "audio_common_msgs/msg/AudioDataStamped"
     sub = nodes(SUB_SCRIPT, {"node": "listener", "duration": 3, "subs": [
         {"tag": "reliable", "type": audio, "topic": "audio", "qos": RELIABLE},
         {"tag": "best_effort", "type": audio, "topic": "audio", "qos": BEST_EFFORT}]}, domain_id)
     sub.expect("ready")
     pub = nodes(PUB_SCRIPT, {"node": "talker", "type": audio, "topic": "audio",
-                             "qos": BEST_EFFORT, "msgs": [chunk(i) for i in range(20)],
+                             "qos": writer_qos, "msgs": [chunk(i) for i in range(20)],
                              "period": 0.01, "wait_go": True}, domain_id)
     pub.expect("matched")
-    sub.expect("matched")
-    pub.send("go")
-    assert pub.expect("published")["matched"] == 1  # only the best-effort reader matched
-    sub.expect("done")
-    assert len(sub.of("msg", "best_effort")) == 20  # the traffic was there...
-    assert sub.of("msg", "reliable") == []  # ...and the mismatched reader got none of it
-    assert sub.of("matched", "reliable") == []
-
-
-@pytest.mark.timeout(60)
-def test_our_stream_publishers_serve_reliable_and_best_effort_readers(nodes: Any,
-                                                                      domain_id: int) -> None:
-    """A ROS 2 default subscription (reliable) gets kb_ros audio, as a best-effort one does."""
-    audio = "audio_common_msgs/msg/AudioDataStamped"
-    sub = nodes(SUB_SCRIPT, {"node": "listener", "duration": 3, "subs": [
-        {"tag": "reliable", "type": audio, "topic": "audio", "qos": RELIABLE},
-        {"tag": "best_effort", "type": audio, "topic": "audio", "qos": BEST_EFFORT}]}, domain_id)
-    sub.expect("ready")
-    pub = nodes(PUB_SCRIPT, {"node": "talker", "type": audio, "topic": "audio",
-                             "qos": "AUDIO_PUB", "msgs": [chunk(i) for i in range(20)],
-                             "period": 0.01, "wait_go": True}, domain_id)
-    pub.expect("matched")
-    while len(sub.of("matched")) < 2:
+    readers = 2 if reliable_matches else 1
+    while len(sub.of("matched")) < readers:
         sub.expect("matched")
     pub.send("go")
+    assert pub.expect("published")["matched"] == readers
     sub.expect("done")
-    assert len(sub.of("msg", "best_effort")) == len(sub.of("msg", "reliable")) == 20
+    assert len(sub.of("msg", "best_effort")) == 20  # the traffic was there...
+    assert len(sub.of("msg", "reliable")) == (20 if reliable_matches else 0)
+    assert len(sub.of("matched", "reliable")) == reliable_matches
 
 
 @pytest.mark.timeout(60)
