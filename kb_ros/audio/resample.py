@@ -26,6 +26,16 @@ HALF_LEN_PER_RATE = 10  # as resample_poly: the filter spans 20 periods of the s
 GATHER_LIMIT = 1 << 20  # input samples gathered at once (4 MB), however large a block is
 
 
+def resampling_ratio(in_rate: int, out_rate: int) -> tuple[int, int]:
+    """Return ``(up, down)`` in lowest terms; PcmError if the ratio is no practical one."""
+    ratio = Fraction(out_rate, in_rate)
+    if max(ratio.numerator, ratio.denominator) > MAX_RATIO_TERM:
+        raise PcmError(f"sample_rate {in_rate} Hz cannot be converted to {out_rate} Hz: "
+                       f"the ratio {ratio.numerator}/{ratio.denominator} needs terms up to "
+                       f"{MAX_RATIO_TERM} (as 44.1 or 48 kHz do)")
+    return ratio.numerator, ratio.denominator
+
+
 def resampling_filter(up: int, down: int) -> np.ndarray:
     """Return the anti-aliasing low-pass ``resample_poly`` uses for ``up / down``, gain ``up``."""
     max_rate = max(up, down)
@@ -46,12 +56,7 @@ class StreamResampler:
 
     def __init__(self, in_rate: int, out_rate: int, channels: int,
                  tolerance_s: float = 0.005) -> None:
-        ratio = Fraction(out_rate, in_rate)
-        self.up, self.down = ratio.numerator, ratio.denominator
-        if max(self.up, self.down) > MAX_RATIO_TERM:
-            raise PcmError(f"sample_rate {in_rate} Hz cannot be converted to {out_rate} Hz: "
-                           f"the ratio {self.up}/{self.down} needs terms up to "
-                           f"{MAX_RATIO_TERM} (as 44.1 or 48 kHz do)")
+        self.up, self.down = resampling_ratio(in_rate, out_rate)
         self.in_rate, self.out_rate, self.channels = in_rate, out_rate, channels
         self.tolerance_frames = round(tolerance_s * in_rate)
         taps = resampling_filter(self.up, self.down)
@@ -61,6 +66,7 @@ class StreamResampler:
         # phases[p, j] multiplies input i_max - j for an output whose newest upsampled index
         # lies p past input i_max
         self._phases = padded.reshape(self.taps_per_phase, self.up).T.astype(np.float32)
+        self._tap_offsets = np.arange(self.taps_per_phase)
         self._next_in: int | None = None  # the input sample index (since the epoch) expected next
         self._in_count = 0
         self._out_count = 0
@@ -89,7 +95,7 @@ class StreamResampler:
         stamp = stamp_ns + round(lead)
         end = -(-self._in_count * self.up // self.down)  # outputs whose inputs have all arrived
         out = np.empty((end - self._out_count, self.channels), np.float32)
-        taps = np.arange(self.taps_per_phase)
+        taps = self._tap_offsets
         step = max(1, GATHER_LIMIT // (self.taps_per_phase * self.channels))
         for first in range(0, len(out), step):  # bounded temporaries for any block size
             n = np.arange(self._out_count + first, min(self._out_count + first + step, end))

@@ -172,6 +172,21 @@ def input_topics(reader: BagReader, opts: ReplayOptions) -> tuple[dict[str, str]
     return roles, ref_topic
 
 
+def push_audio(stream: PcmChunkStream, gaps: GapCounter,
+               msg: AudioChunkMsg) -> tuple[list[Chunk], bool]:
+    """
+    Push a replayed audio message; return its chunks and whether the stream kept it.
+
+    Only kept messages enter the stamp statistics: a dropped one (no stamp, NaN) is no gap.
+    """
+    fmt, drops = stream.format, stream.drops.total()
+    chunks = stream.push(msg.stamp_ns, msg.data)
+    kept = stream.drops.total() == drops
+    if kept:
+        gaps.add(msg.stamp_ns, len(msg.data) // fmt.bytes_per_frame, fmt.sample_rate)
+    return chunks, kept
+
+
 def announced_input_format(opts: ReplayOptions) -> list[tuple[str, AudioInfoMsg]]:
     """Return the ``(role, audio_info)`` that stands in for the bag's: ``opts.input_format``."""
     if opts.input_format is None:
@@ -308,11 +323,7 @@ class InProcessReplay:
 
     def on_audio(self, msg: AudioChunkMsg) -> None:
         self.input_messages += 1
-        fmt, drops = self.input.format, self.input.drops.total()
-        chunks = self.input.push(msg.stamp_ns, msg.data)
-        if self.input.drops.total() == drops:  # stamp statistics of the audio replay used
-            self.input_gaps.add(msg.stamp_ns, len(msg.data) // fmt.bytes_per_frame,
-                                fmt.sample_rate)
+        chunks, _ = push_audio(self.input, self.input_gaps, msg)
         for chunk in chunks:
             self._step(chunk)
 

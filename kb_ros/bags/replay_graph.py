@@ -22,7 +22,7 @@ from kb_ros.audio.stream import PcmChunkStream
 from kb_ros.bags.errors import BagError
 from kb_ros.bags.info import GapCounter
 from kb_ros.bags.reader import BagReader
-from kb_ros.bags.replay import (ReplayOptions, announced_input_format, input_topics,
+from kb_ros.bags.replay import (ReplayOptions, announced_input_format, input_topics, push_audio,
                                 score_timelines, scoring_timelines)
 from kb_ros.bags.topics import DIAGNOSTICS_TOPIC, offered_qos, subscription_qos, topic_type
 from kb_ros.bags.writer import BagWriter
@@ -98,14 +98,13 @@ def _play(messages: list[tuple[str, object]], namespace: str, domain_id: int,
             if role == "audio_info":
                 publish_info(msg)
                 continue
-            fmt, drops = stream.format, stream.drops.total()
-            made = len(stream.push(msg.stamp_ns, msg.data))
-            if stream.drops.total() == drops:  # what the nodes drop goes out at once, unpaced
+            fmt = stream.format
+            made, kept = push_audio(stream, input_stats, msg)
+            if kept:  # what the nodes drop goes out at once, unpaced
                 frames = len(msg.data) // fmt.bytes_per_frame
                 pacer.wait_for(msg.stamp_ns + frames * NS_PER_S // fmt.sample_rate)
-                input_stats.add(msg.stamp_ns, frames, fmt.sample_rate)
             audio.publish(msg)
-            chunks += made
+            chunks += len(made)
         return pacer, chunks
     finally:
         player.close()

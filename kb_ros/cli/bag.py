@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kb_ros.audio.clock import SAMPLE_RATE
 from kb_ros.audio.pcm import SAMPLE_FORMATS, AudioFormat
-from kb_ros.audio.resample import StreamResampler
+from kb_ros.audio.resample import resampling_ratio
 from kb_ros.cli.arg_types import finite_float, topic_name
 
 STORAGE_CHOICES = ("mcap", "sqlite3")
@@ -80,8 +80,7 @@ def _input_format(args: argparse.Namespace) -> AudioFormat | None:
     fmt = AudioFormat(channels=1 if args.input_channels is None else args.input_channels,
                       sample_rate=args.input_rate or SAMPLE_RATE,
                       sample_format=args.input_format).validate()
-    if fmt.sample_rate != SAMPLE_RATE:
-        StreamResampler(fmt.sample_rate, SAMPLE_RATE, fmt.channels)  # refuses odd ratios now
+    resampling_ratio(fmt.sample_rate, SAMPLE_RATE)  # refuse an odd rate now, not mid-replay
     return fmt
 
 

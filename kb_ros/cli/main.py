@@ -47,9 +47,10 @@ def _eval(args: argparse.Namespace) -> int:
         for name, value in result["si_snri_db"].items():
             print(f"SI-SNRi {name:<8} {value:6.2f} dB")
         ages = sorted(int(age) for age in result["hints"]["age_histogram"])
-        span = f"{ages[0]}-{ages[-1]}" if ages and ages[0] != ages[-1] else "".join(
-            map(str, ages[:1]))
-        used = f", hint age {span} chunks" if ages else ""
+        used = ""
+        if ages:
+            span = str(ages[0]) if ages[0] == ages[-1] else f"{ages[0]}-{ages[-1]}"
+            used = f", hint age {span} chunks"
         print(f"hint hit rate   {result['hint_hit_rate']:.1%} at {args.delay_chunks} chunks "
               f"delay{used}")
     return 0
