@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kb_ros.audio.wav import read_wav
-from kb_ros.data import mixtures, noise, rooms, text, tts
+from kb_ros.data import human, mixtures, noise, rooms, text, tts
 from kb_ros.data.corpus import build_corpus, check_disjoint, split_contents, versions
 from kb_ros.data.sample import SAMPLES_DIR, build_demo
 
@@ -154,6 +154,28 @@ def test_separation_example(tmp_path: Path) -> None:
     ex = mixtures.make_example("test", 1, seed=0, n=16000, task="ss", cache_dir=tmp_path)
     assert ex.clean.shape == (2, 16000) and len(set(ex.meta["voices"])) == 2
     assert _snr_db(ex.mix, ex.clean.sum(0)) == pytest.approx(ex.meta["snr_db"], abs=0.1)
+
+
+@needs_tts
+@pytest.mark.skipif(not human.available(), reason=f"no recordings in {human.SPEECH_DIR} "
+                    f"(apt-get install {human.PACKAGE})")
+def test_human_split_is_real_speech_over_test_noises(tmp_path: Path) -> None:
+    recordings = human.clips()
+    for index in range(3):
+        ex = mixtures.make_example("human", index, seed=0, n=32000, cache_dir=tmp_path)
+        assert ex.meta["voices"] == [human.VOICE] and ex.meta["text_ids"] == []
+        assert _snr_db(ex.mix, ex.clean) == pytest.approx(ex.meta["snr_db"], abs=0.1)
+        babble = {t["voice"] for t in ex.meta["noise"].get("babble", [])}
+        assert babble <= {voice.name for voice in tts.voices("test")}
+        # the target opens with the first listed recording, scaled, after a lead-in <= 0.3 s
+        first = recordings[ex.meta["clip_ids"][0][0]]
+        lead = int(np.argmax(np.correlate(ex.clean[:4800 + len(first)], first, "valid")))
+        piece = ex.clean[lead:lead + len(first)]
+        assert np.corrcoef(piece, first)[0, 1] > 0.999
+        again = mixtures.make_example("human", index, seed=0, n=32000, cache_dir=tmp_path)
+        np.testing.assert_array_equal(again.mix, ex.mix)
+    with pytest.raises(ValueError, match="task se only"):
+        mixtures.make_example("human", 0, seed=0, n=16000, task="ss", cache_dir=tmp_path)
 
 
 @pytest.mark.skipif(not rooms.available(), reason="pyroomacoustics not installed (optional)")

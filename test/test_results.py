@@ -15,6 +15,7 @@ from kb_ros.boosting.engine import ChunkEngine
 from kb_ros.boosting.offline import run_pipeline
 from kb_ros.cli.evaluate import OfflineOutput, full_sequence_outputs, score_output
 from kb_ros.cli.results import ResultsOptions, write_results
+from kb_ros.data import human
 from kb_ros.data.corpus import build_corpus
 from kb_ros.models.checkpoint import save_model
 from kb_ros.models.config import get_config
@@ -72,6 +73,8 @@ def table_inputs(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         pytest.skip("espeak-ng and festival are needed to synthesize a test split")
     root = tmp_path_factory.mktemp("table")
     build_corpus(root / "data", "test", 2, 1.0, seed=3, workers=1, cache_dir=root / "tts")
+    if human.available():
+        build_corpus(root / "data", "human", 1, 1.0, seed=3, workers=1, cache_dir=root / "tts")
     torch.manual_seed(0)
     configs = {"small": get_config("small", **TINY),
                "large": get_config("large_cpu", **TINY, attn_heads=2, attn_window=4),
@@ -117,3 +120,23 @@ def test_results_page_from_the_chunk_pipeline(table_inputs, tmp_path) -> None:
     again = {r.row.label: r.means for r in write_results(options)}
     assert again == {label: r.means for label, r in rows.items()}
     assert {p: p.stat().st_mtime_ns for p in options.cache_dir.iterdir()} == cached
+
+
+@pytest.mark.skipif(not human.available(), reason=f"no recordings in {human.SPEECH_DIR} "
+                    f"(apt-get install {human.PACKAGE})")
+def test_results_page_scores_real_human_speech(table_inputs, tmp_path) -> None:
+    data, models = table_inputs
+    options = ResultsOptions(data, tmp_path / "RESULTS.md", workers=1, models=models,
+                             cache_dir=tmp_path / "cache", timing_steps=0, command="kb-ros test")
+    test_rows = {r.row.label: r.means for r in write_results(options)}
+    page = options.out.read_text()
+    section = page.split("## Quality on real human speech")[1].split("\n## ")[0]
+    assert "human.npz`: 1 of 1 examples" in section and "alsa-utils" in section
+    lines = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in
+             section.splitlines() if line.startswith("| ")}
+    assert lines["mixture (unprocessed)"][2] == "0.00"
+    for label in ("small", "large (hint producer)", "kb, hint age 4", "kb, no hint"):
+        human_score = float(lines[label][2])  # scored on other audio than the test split's
+        assert np.isfinite(human_score)
+        assert human_score != pytest.approx(test_rows[label]["si_snri_db"], abs=1e-3)
+    assert lines["small_gc: GroupComm"][2] == "no checkpoint yet"

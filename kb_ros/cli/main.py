@@ -72,7 +72,15 @@ def _train(args: argparse.Namespace) -> int:
 def _data(args: argparse.Namespace) -> int:
     from kb_ros.data.corpus import build_corpus
 
-    for split, n in (("train", args.train), ("val", args.val), ("test", args.test)):
+    from kb_ros.data import human
+
+    human_examples = args.human if args.task == "se" else 0
+    if human_examples and not human.available():
+        print(f"no human split: {human.SPEECH_DIR} has no recordings (apt install "
+              f"{human.PACKAGE})", file=sys.stderr)
+        human_examples = 0
+    for split, n in (("train", args.train), ("val", args.val), ("test", args.test),
+                     ("human", human_examples)):
         if n:
             print(build_corpus(args.out, split, n, args.seconds, args.seed, args.task,
                                args.reverb_prob, args.workers))
@@ -119,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train", type=int, default=640, help="training examples")
     data.add_argument("--val", type=int, default=96, help="validation examples")
     data.add_argument("--test", type=int, default=96, help="test examples")
+    data.add_argument("--human", type=int, default=32,
+                      help="examples of real human speech (alsa-utils' recordings) over test "
+                      "noises, task se only (0: none)")
     data.add_argument("--seconds", type=finite_float, default=4.0, help="length of each example")
     data.add_argument("--task", choices=("se", "ss"), default="se",
                       help="se: enhancement; ss: 2-speaker separation")

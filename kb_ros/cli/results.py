@@ -31,6 +31,7 @@ import torch
 from kb_ros.audio.clock import CHUNK_MS
 from kb_ros.cli.evaluate import ExampleTask, evaluate_examples, full_sequence_outputs
 from kb_ros.data.corpus import check_disjoint
+from kb_ros.data.mixtures import HUMAN_SPLIT
 from kb_ros.models.checkpoint import load_checkpoint
 from kb_ros.models.complexity import count_macs, time_streaming_step
 from kb_ros.models.config import PRESETS
@@ -146,19 +147,21 @@ def _sha256(path: Path) -> str:
 
 
 class TestSet:
-    """The held-out split a table is computed on: its arrays' file, recipe and identity."""
+    """A held-out split a table is computed on: its arrays' file, recipe and identity."""
 
-    def __init__(self, data_dir: Path, examples: int | None) -> None:
-        self.path = data_dir / "test.npz"
+    def __init__(self, data_dir: Path, examples: int | None, split: str = "test") -> None:
+        self.path = data_dir / f"{split}.npz"
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path} missing: build it with "
-                                    f"kb-ros data --out {data_dir} --train 0 --val 0 --test 96")
-        self.recipe = json.loads((data_dir / "test.json").read_text())
+            raise FileNotFoundError(f"{self.path} missing: build it with kb-ros data --out "
+                                    f"{data_dir} --train 0 --val 0 --{split} 96")
+        self.split = split
+        self.recipe = json.loads((data_dir / f"{split}.json").read_text())
         self.total = self.recipe["n_examples"]
         self.indices = tuple(range(min(examples or self.total, self.total)))
         self.sha256 = _sha256(self.path)
         self.task = self.recipe["task"]
-        self.disjoint_from = [s for s in check_disjoint(data_dir) if s != "test"]
+        self.disjoint_from = ([s for s in check_disjoint(data_dir) if s != split]
+                              if split == "test" else [])
         self.train_versions = self._versions(data_dir / "train.json")
 
     @staticmethod
@@ -419,11 +422,24 @@ def render_checks(results: list[RowResult]) -> str:
     return "\n".join(lines)
 
 
+def render_human_setup(human: TestSet, run_note: str) -> str:
+    """Say what the real-speech rows are and what they can show."""
+    clips = human.recipe.get("human_clips", [])
+    return (f"`{human.path}`: {len(human.indices)} of {human.total} examples of "
+            f"{human.recipe['seconds']:g} s. The speech is real: the {len(clips)} recordings "
+            "of a human voice that Debian's alsa-utils installs (`/usr/share/sounds/alsa`, "
+            "\"Front Left\" and so on, 1.3-1.5 s each), in random order with pauses, over the "
+            "test split's noises at the same SNRs. Every model learnt from TTS voices only. One "
+            "speaker and eight phrases: this shows whether the models carry over to human "
+            f"speech, not how well they do on people at large. Rows: {run_note}.")
+
+
 def render_document(test: TestSet, options: ResultsOptions,
                     checkpoints: dict[str, Checkpoint | None], results: list[RowResult],
                     complexity: list[dict[str, Any]], plot_name: str | None,
-                    run_note: str) -> str:
-    """Render the whole results page (markdown)."""
+                    run_note: str,
+                    human: tuple[TestSet, str, list[RowResult]] | None = None) -> str:
+    """Render the whole results page (markdown); ``human``: the real-speech split's rows."""
     recipe = test.recipe
     versions = recipe["versions"]
     tts_note = ""
@@ -466,8 +482,11 @@ def render_document(test: TestSet, options: ResultsOptions,
     ]
     if plot_name:
         parts.append(f"![SI-SNRi, PESQ-WB and STOI against hint age]({plot_name})")
-    parts += ["## Issue 3 acceptance criteria", render_checks(results),
-              "## Compute per 8 ms chunk",
+    parts += ["## Issue 3 acceptance criteria", render_checks(results)]
+    if human is not None:
+        parts += ["## Quality on real human speech", render_human_setup(*human[:2]),
+                  render_quality(human[2], human[0].task)]
+    parts += ["## Compute per 8 ms chunk",
               f"Every preset, randomly initialised (compute does not depend on the weights): "
               f"parameters, multiply-accumulates of one streaming step counted by "
               f"`kb_ros.models.complexity.count_macs` (with a hint, and on the no-hint path), and "
@@ -534,12 +553,20 @@ def write_results(options: ResultsOptions) -> list[RowResult]:
     jobs = plan_rows(checkpoints)
     run_note = RowEvaluator(test, options).evaluate([(r, p) for r, p in jobs if r.ok])
     results = [result for result, _ in jobs]
+    human = None
+    if (options.data_dir / f"{HUMAN_SPLIT}.npz").exists():
+        human_set = TestSet(options.data_dir, options.examples, HUMAN_SPLIT)
+        human_jobs = plan_rows(checkpoints)
+        human_note = RowEvaluator(human_set, options).evaluate(
+            [(r, p) for r, p in human_jobs if r.ok])
+        human = (human_set, human_note, [result for result, _ in human_jobs])
     complexity = measure_complexity(options.timing_steps)
     options.out.parent.mkdir(parents=True, exist_ok=True)
     plot_path = options.out.with_suffix(".png")
     plotted = plot_results(results, plot_path)
     options.out.write_text(render_document(test, options, checkpoints, results, complexity,
-                                           plot_path.name if plotted else None, run_note))
+                                           plot_path.name if plotted else None, run_note,
+                                           human))
     return results
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import kb_ros
-from kb_ros.data import mixtures, rooms, text, tts
+from kb_ros.data import human, mixtures, rooms, text, tts
 
 RECIPE_VERSION = 1
 
@@ -70,8 +70,8 @@ def build_corpus(out_dir: str | Path, split: str, n_examples: int, seconds: floa
     ``mix`` is ``[N, L]``; ``clean`` is ``[N, L]`` for task "se" and ``[N, 2, L]`` for "ss".
     Examples with the same ``(seed, split, index)`` are identical whatever ``n_examples``.
     """
-    if split not in text.SPLITS:
-        raise ValueError(f"split must be one of {text.SPLITS}, got {split!r}")
+    if split not in mixtures.SPLITS:
+        raise ValueError(f"split must be one of {mixtures.SPLITS}, got {split!r}")
     if task not in mixtures.TASKS:
         raise ValueError(f"task must be one of {mixtures.TASKS}, got {task!r}")
     n = int(round(seconds * tts.SAMPLE_RATE))
@@ -106,9 +106,12 @@ def build_corpus(out_dir: str | Path, split: str, n_examples: int, seconds: floa
         "workers": workers, "versions": versions(),
         "levels": {"snr_db": mixtures.SNR_RANGE_DB[task], "level_dbfs": mixtures.LEVEL_RANGE_DBFS,
                    "sir_db": mixtures.SIR_RANGE_DB if task == "ss" else None},
-        "split_voices": [voice.name for voice in tts.voices(split)],
+        "split_voices": [voice.name for voice in tts.voices(
+            "test" if split == mixtures.HUMAN_SPLIT else split)],
         "examples": metas,
     }
+    if split == mixtures.HUMAN_SPLIT:
+        recipe["human_clips"] = [str(path) for path in human.clip_paths()]
     (out_dir / f"{split}.json").write_text(json.dumps(recipe, indent=1))
     return npz_path
 
@@ -152,7 +155,7 @@ def check_disjoint(data_dir: str | Path, splits: Iterable[str] = text.SPLITS) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--split", choices=text.SPLITS, required=True)
+    parser.add_argument("--split", choices=mixtures.SPLITS, required=True)
     parser.add_argument("-n", "--examples", type=int, required=True)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)

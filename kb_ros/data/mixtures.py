@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
-from kb_ros.data import noise, rooms, text, tts
+from kb_ros.data import human, noise, rooms, text, tts
 
 SNR_RANGE_DB = {"se": (-5.0, 10.0), "ss": (10.0, 20.0)}  # SS: mild background under 2 talkers
 SIR_RANGE_DB = (-5.0, 5.0)  # SS: second talker relative to the first
@@ -28,6 +28,8 @@ BABBLE_FESTIVAL_SHARE = 0.15  # festival is ~20x slower than espeak-ng; babble n
 TEXT_POOL = 100_000  # sentence ids drawn per split
 SENTENCE_RMS = 0.1
 TASKS = ("se", "ss")
+HUMAN_SPLIT = "human"  # real speech (``human``) over the test split's noises; SE only
+SPLITS = (*text.SPLITS, HUMAN_SPLIT)
 
 
 class Example(NamedTuple):
@@ -70,26 +72,32 @@ def apply_gain(mix: np.ndarray, clean: np.ndarray,
             float(20 * np.log10(gain)))
 
 
-def speech_track(voice: tts.Voice, split: str, n: int, rng: np.random.Generator,
-                 cache_dir: Path | None = None) -> tuple[np.ndarray, list[int]]:
+def speech_track(utterance: Callable[[], tuple[np.ndarray, int]], n: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
     """
-    Read random sentences of the split in one voice; returns ``n`` samples and the ids.
+    Concatenate utterances at equal RMS; returns ``n`` samples and the utterances' ids.
 
-    Sentences are at equal RMS, after a 0-0.3 s lead-in and with 0.1-0.5 s pauses; the last one
-    is cut at ``n``.
+    ``utterance()`` gives the next one and its id. They follow a 0-0.3 s lead-in, each with a
+    0.1-0.5 s pause; the last is cut at ``n``.
     """
     pieces = [np.zeros(int(rng.uniform(0.0, 0.3) * tts.SAMPLE_RATE), np.float32)]
-    text_ids: list[int] = []
+    ids: list[int] = []
     length = len(pieces[0])
     while length < n:
-        text_id = int(rng.integers(TEXT_POOL))
-        audio = tts.synthesize(voice, text.sentence(split, text_id), cache_dir)
+        audio, utterance_id = utterance()
         pause = np.zeros(int(rng.uniform(0.1, 0.5) * tts.SAMPLE_RATE), np.float32)
         pieces += [audio * (SENTENCE_RMS / np.sqrt(power(audio))), pause]
-        text_ids.append(text_id)
+        ids.append(utterance_id)
         length += len(audio) + len(pause)
     track = np.concatenate(pieces)
-    return np.pad(track, (0, max(n - len(track), 0)))[:n].astype(np.float32), text_ids
+    return np.pad(track, (0, max(n - len(track), 0)))[:n].astype(np.float32), ids
+
+
+def tts_sentence(voice: tts.Voice, split: str, rng: np.random.Generator,
+                 cache_dir: Path | None = None) -> tuple[np.ndarray, int]:
+    """Read a random sentence of the split in ``voice``; returns the audio and its text id."""
+    text_id = int(rng.integers(TEXT_POOL))
+    return tts.synthesize(voice, text.sentence(split, text_id), cache_dir), text_id
 
 
 def noise_track(kinds: tuple[str, ...], split: str, n: int, rng: np.random.Generator,
@@ -140,9 +148,17 @@ def make_example(split: str, index: int, seed: int, n: int, task: str = "se",
 
     talkers: list[np.ndarray] = []
     meta: dict = {"index": index, "voices": [], "text_ids": []}
-    for _ in range(1 if task == "se" else 2):
+    if split == HUMAN_SPLIT:
+        if task != "se":
+            raise ValueError(f"the {HUMAN_SPLIT} split has one speaker: task se only")
+        speech, ids = speech_track(lambda: human.utterance(speech_rng), n, speech_rng)
+        talkers.append(speech)
+        meta.update(voices=[human.VOICE], clip_ids=[ids])
+        split = "test"  # noises and babble talkers come from the test split
+    for _ in range(len(talkers), 1 if task == "se" else 2):
         voice = tts.pick_voice(split, speech_rng, tuple(meta["voices"]))
-        speech, ids = speech_track(voice, split, n, speech_rng, cache_dir)
+        speech, ids = speech_track(lambda: tts_sentence(voice, split, speech_rng, cache_dir), n,
+                                   speech_rng)
         talkers.append(speech)
         meta["voices"].append(voice.name)
         meta["text_ids"].append(ids)
