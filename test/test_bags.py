@@ -29,6 +29,7 @@ from kb_ros.audio.clock import NS_PER_S, ChunkClock
 from kb_ros.audio.pcm import AudioFormat, decode_pcm, encode_pcm
 from kb_ros.audio.wav import read_wav, resample, write_wav
 from kb_ros.bags.convert import make_typestore
+from kb_ros.bags.errors import BagError
 from kb_ros.bags.reader import BagReader
 from kb_ros.bags.replay import ReplayOptions, replay_bag
 from kb_ros.bags.topics import info_topic, offered_qos
@@ -209,6 +210,56 @@ def test_bag_from_an_independent_mcap_writer_replays(models, tmp_path):
         decode_pcm(encode_pcm(audio, fmt), fmt))
 
 
+def test_audio_types_without_a_definition_in_the_bag_use_ours(models, tmp_path):
+    """
+    rosbag2 stores an empty definition for a type it cannot find on the recording machine.
+
+    Here the audio topics have none while another topic has a full one (which stops rosbags
+    from falling back to its defaults on its own); kb_ros's audio_common_msgs fill the gap.
+    """
+    from mcap.writer import Writer as McapWriter
+
+    store = make_typestore()
+    fmt = AudioFormat(sample_format="S16LE")
+    audio = (np.random.default_rng(2).standard_normal((128 * 20, 1)) * 0.1).astype(np.float32)
+    path = tmp_path / "no_audio_definitions.mcap"
+    with path.open("wb") as f:
+        writer = McapWriter(f)
+        writer.start("ros2", "")
+        channels = {}
+        for topic, msgtype, definition in (("/kb/audio", AUDIO_STAMPED, ""),
+                                           ("/kb/audio_info", AUDIO_INFO, ""),
+                                           ("/note", "std_msgs/msg/String", "string data\n")):
+            schema = writer.register_schema(msgtype, "ros2msg" if definition else "",
+                                            definition.encode())
+            channels[topic] = writer.register_channel(topic, "cdr", schema)
+
+        def write(topic: str, msgtype: str, msg: object, time_ns: int) -> None:
+            writer.add_message(channels[topic], log_time=time_ns, publish_time=time_ns,
+                               data=bytes(store.serialize_cdr(msg, msgtype)))
+
+        write("/note", "std_msgs/msg/String", store.types["std_msgs/msg/String"](data="hi"), 1)
+        write("/kb/audio_info", AUDIO_INFO, store.types[AUDIO_INFO](
+            channels=1, sample_rate=RATE, sample_format="S16LE", bitrate=256000,
+            coding_format="wave"), 2)
+        for k in range(20):
+            sec, nanosec = divmod((START_SAMPLE + 128 * k) * NS_PER_FRAME, NS_PER_S)
+            write("/kb/audio", AUDIO_STAMPED, store.types[AUDIO_STAMPED](
+                header=store.types["std_msgs/msg/Header"](
+                    stamp=store.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec),
+                    frame_id="mic"),
+                audio=store.types["audio_common_msgs/msg/AudioData"](
+                    data=np.frombuffer(encode_pcm(audio[k * 128:(k + 1) * 128], fmt),
+                                       np.uint8))), 3 + k)
+        writer.finish()
+
+    info_out = kb_ros("info", str(path), "--json")
+    assert info_out.returncode == 0, info_out.stderr
+    assert json.loads(info_out.stdout)["audio"]["/kb/audio"]["blocks"] == 20
+    report = replay_bag(ReplayOptions(path, tmp_path / "out", **models))
+    assert report["input_drops"] == {} and report["enhanced_chunks"] >= 19
+
+
 def test_odd_blocks_with_gaps_give_one_output_chunk_per_grid_chunk(models, tmp_path):
     """audio_capture-like S16LE blocks of odd sizes from an off-grid start, three lost."""
     sizes = [160, 97, 211] * 40
@@ -352,27 +403,49 @@ def test_a_48khz_bag_replays_one_chunk_per_8_ms_block(models, sample, tmp_path):
     assert 10 * np.log10(np.sum(mix[64:-10, 0] ** 2) / np.sum(error ** 2)) > 35
 
 
-def write_s16_bag_without_info(path: Path, mix: np.ndarray) -> None:
-    """``/kb/audio`` in S16LE, 128-frame blocks from ``START_SAMPLE``, and no audio_info."""
+def write_s16_bag(path: Path, mix: np.ndarray, info: AudioInfoMsg | None = None,
+                  info_topic: str = "/kb/audio_info", info_after_blocks: int = 0) -> None:
+    """
+    ``/kb/audio`` in S16LE, 128-frame blocks from ``START_SAMPLE``; ``info`` (if any) on
+    ``info_topic``, recorded after the first ``info_after_blocks`` blocks.
+    """
     with BagWriter(path, "mcap") as writer:
         writer.add_topic("/kb/audio", AUDIO_STAMPED, offered_qos("/kb/audio"))
+        if info is not None:
+            writer.add_topic(info_topic, AUDIO_INFO, offered_qos("/kb/audio_info"))
         for k in range(len(mix) // 128):
             stamp = (START_SAMPLE + 128 * k) * NS_PER_FRAME
+            if info is not None and k == info_after_blocks:
+                writer.write(info_topic, info, stamp)
             writer.write("/kb/audio", AudioChunkMsg(stamp, encode_pcm(
                 mix[k * 128:(k + 1) * 128], AudioFormat(sample_format="S16LE"))),
                 stamp + 128 * NS_PER_FRAME)
 
 
+def replayed_input(out: Path, frames: int) -> np.ndarray:
+    """The replay's ``audio`` topic (the re-chunked input), placed by its stamps."""
+    heard = np.zeros(frames + 256, np.float32)
+    for msg in topic_messages(out, "/kb/audio"):
+        first = msg.stamp_ns // NS_PER_FRAME - START_SAMPLE + 128
+        heard[first:first + 128] = decode_pcm(msg.data, AudioFormat())[:, 0]
+    return heard[128:128 + frames]
+
+
+@pytest.mark.timeout(300)
 def test_a_bag_without_audio_info_replays_in_the_format_given(models, sample, tmp_path):
     """
     S16LE audio recorded without its audio_info: ``--input-format`` says how to decode it.
 
-    Without it the bytes would be read as F32LE (noise, or NaN dropped). With it the replay's
-    ``audio`` topic (the re-chunked input, F32LE) is the recording, to 16-bit precision.
+    Without it the replay is refused (the bytes read as F32LE would be noise). With it the
+    replay's ``audio`` topic (the re-chunked input, F32LE) is the recording, to 16-bit precision.
     """
     mix = read_wav(sample["mix"])[0][:60 * 128]
     bag = tmp_path / "no_info"
-    write_s16_bag_without_info(bag, mix)
+    write_s16_bag(bag, mix)
+    refused = kb_ros("replay", str(bag), "-o", str(tmp_path / "bad"), "--model",
+                     models["model"], "--large-model", models["large_model"])
+    assert refused.returncode == 2 and "--input-format" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1 and not (tmp_path / "bad").exists()
     out = tmp_path / "out_s16"
     result = kb_ros("replay", str(bag), "-o", str(out), "--input-format", "S16LE", "--json",
                     "--model", models["model"], "--large-model", models["large_model"])
@@ -381,11 +454,7 @@ def test_a_bag_without_audio_info_replays_in_the_format_given(models, sample, tm
     assert report["input_drops"] == {} and report["enhanced_chunks"] >= 59
     infos = topic_messages(out, "/kb/audio_info")
     assert [info.to_format() for info in infos] == [AudioFormat()]
-    heard = np.zeros(len(mix) + 256, np.float32)  # the replayed input, placed by its stamps
-    for msg in topic_messages(out, "/kb/audio"):
-        first = msg.stamp_ns // NS_PER_FRAME - START_SAMPLE + 128
-        heard[first:first + 128] = decode_pcm(msg.data, AudioFormat())[:, 0]
-    np.testing.assert_allclose(heard[128:128 + 59 * 128], mix[:59 * 128, 0], atol=1 / 32767)
+    np.testing.assert_allclose(replayed_input(out, 59 * 128), mix[:59 * 128, 0], atol=1 / 32767)
 
     assert kb_ros("replay", str(bag), "-o", str(tmp_path / "bad"), "--input-channels",
                   "2").returncode == 2
@@ -393,6 +462,31 @@ def test_a_bag_without_audio_info_replays_in_the_format_given(models, sample, tm
                       "S16LE", "--input-rate", "44101")
     assert odd_rate.returncode == 2 and "44101 Hz" in odd_rate.stderr
     assert len(odd_rate.stderr.splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_an_info_recorded_late_on_another_topic_decodes_the_audio_from_its_start(
+        models, sample, tmp_path):
+    """
+    The AudioInfo comes after 20 audio blocks, on a topic of its own, spelt ``WAVE``/``s16le``.
+
+    A recording that catches a latched info late, a driver with its own names: every block is
+    still decoded as the info says, from the first one.
+    """
+    mix = read_wav(sample["mix"])[0][:60 * 128]
+    bag = tmp_path / "late_info"
+    write_s16_bag(bag, mix, AudioInfoMsg(1, RATE, "s16le", 256_000, "WAVE"),
+                  info_topic="/robot1/mic/info", info_after_blocks=20)
+    out = tmp_path / "out"  # the path of a bag's metadata.yaml stands for the bag
+    report = replay_bag(ReplayOptions(bag / "metadata.yaml", out, info_topic="/robot1/mic/info",
+                                      **models))
+    assert report["input_drops"] == {} and report["enhanced_chunks"] >= 59
+    np.testing.assert_allclose(replayed_input(out, 59 * 128), mix[:59 * 128, 0], atol=1 / 32767)
+    with pytest.raises(BagError, match="no audio_common_msgs/msg/AudioInfo on /kb/audio_info"):
+        replay_bag(ReplayOptions(bag, tmp_path / "out2", **models))
+    compressed = tmp_path / "late_info_0.mcap.zstd"  # a file-compressed bag's storage file
+    compressed.write_bytes(b"\x28\xb5\x2f\xfd")
+    with pytest.raises(BagError, match="pass the bag directory"):
+        replay_bag(ReplayOptions(compressed, tmp_path / "out3", **models))
 
 
 def test_a_bag_from_a_newer_rosbag2_is_read_from_its_storage_file(models, sample, tmp_path):
@@ -558,7 +652,7 @@ def test_graph_replay_runs_the_node_processes(models, sample, tmp_path):
 @pytest.mark.timeout(300)
 def test_graph_replay_announces_the_input_format_given(models, sample, tmp_path):
     """The nodes get ``--input-format`` as the audio_info the bag lacks: nothing is dropped."""
-    write_s16_bag_without_info(tmp_path / "in", read_wav(sample["mix"])[0][:60 * 128])
+    write_s16_bag(tmp_path / "in", read_wav(sample["mix"])[0][:60 * 128])
     result = kb_ros("replay", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--graph",
                     "--input-format", "S16LE", "--json", "--model", models["model"],
                     "--large-model", models["large_model"])

@@ -44,6 +44,7 @@ def test_scenario(index, collected, tmp_path):
     scenario = SCENARIOS[index]
     result = run_scenario(scenario, domain_for(index), tmp_path)
     collected[scenario.name] = result
+    json.dumps(result.as_dict())  # ``kb-ros faults --json`` prints every scenario's result
     failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.passed]
     assert not failed, f"{scenario.name} failed:\n" + "\n".join(failed)
 

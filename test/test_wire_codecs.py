@@ -75,6 +75,26 @@ def test_mulaw_format_is_validated() -> None:
         hint_audio_format("ALAW", 1)
 
 
+@pytest.mark.parametrize(("coding", "sample", "expected"), [
+    ("WAVE", "s16le", AudioFormat(sample_format="S16LE")),
+    ("", "F32LE", AudioFormat()),
+    ("raw", "f32le", AudioFormat()),
+    (" PCM ", "S16LE", AudioFormat(sample_format="S16LE")),
+    ("MULAW;model=x", "s16le",
+     AudioFormat(sample_format="S16LE", coding_format="mulaw;model=x")),
+])
+def test_other_spellings_of_an_info_are_understood(coding, sample, expected) -> None:
+    """Publishers other than kb_ros announce raw PCM in other cases and names."""
+    assert AudioInfoMsg(1, 16000, sample, 0, coding).to_format() == expected
+
+
+@pytest.mark.parametrize(("coding", "sample"), [("mp3", "S16LE"), ("wave", "S24LE"),
+                                                ("wave", "int16")])
+def test_what_is_not_raw_pcm_stays_refused(coding, sample) -> None:
+    with pytest.raises(PcmError):
+        AudioInfoMsg(1, 16000, sample, 0, coding).to_format()
+
+
 @pytest.mark.parametrize("name", sorted(HINT_FORMATS))
 def test_hint_info_announces_each_format_and_the_device_reads_it_back(name: str) -> None:
     fmt = hint_audio_format(name, 1)

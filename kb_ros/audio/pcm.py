@@ -22,6 +22,8 @@ import numpy as np
 SAMPLE_FORMATS = {"F32LE": np.dtype("<f4"), "S16LE": np.dtype("<i2")}
 WAVE, MULAW = "wave", "mulaw"
 CODINGS = (WAVE, MULAW)
+# other spellings of raw PCM that publishers announce (matched after lower-casing)
+WAVE_ALIASES = ("", "wav", "raw", "pcm")
 S16_SCALE = 32768.0
 SAMPLE_RATE_RANGE = (1000, 384000)  # Hz; anything else is a corrupt header or hostile info
 
@@ -80,6 +82,19 @@ class AudioFormat:
     def bitrate(self) -> int:
         """Bits per second of the coded stream (``AudioInfo.bitrate``)."""
         return self.sample_rate * self.bytes_per_frame * 8
+
+    def canonical(self) -> "AudioFormat":
+        """
+        Return this format spelt as kb_ros spells it.
+
+        Other publishers announce ``WAVE``, ``s16le``, or raw PCM as ``raw``, ``pcm``, ``wav``
+        or an empty coding; kb_ros fields after a ``;`` are kept as they are.
+        """
+        coding, _, fields = self.coding_format.partition(";")
+        coding = coding.strip().lower()
+        coding = WAVE if coding in WAVE_ALIASES else coding
+        return AudioFormat(self.channels, self.sample_rate, self.sample_format.strip().upper(),
+                           coding + (";" + fields if fields else ""))
 
     def validate(self) -> "AudioFormat":
         if self.coding not in CODINGS:

@@ -33,13 +33,15 @@ def _stream_format(reader: BagReader, topic: str) -> tuple[AudioFormat, str]:
     The fallback is what the nodes assume until an info arrives.
     """
     info = info_topic(topic)
+    why = f"no {info}"
     if reader.topics.get(info) and reader.topics[info].msg_type == AUDIO_INFO:
         for _, _, msg in reader.messages([info]):
             try:
                 return msg.to_format(), info
-            except PcmError:
-                continue
-    return AudioFormat(), "assumed (no valid info topic: replay --input-format says otherwise)"
+            except PcmError as err:
+                why = f"{info} announces no usable format: {err}"
+    return AudioFormat(), (f"assumed ({why}; replay needs --input-format, or --info-topic for "
+                           "an info on another topic)")
 
 
 class GapCounter:

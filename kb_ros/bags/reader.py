@@ -23,6 +23,7 @@ from kb_ros.bags.convert import SUPPORTED_TYPES, MessageCodec
 from kb_ros.bags.errors import BagError
 
 STORAGE_SUFFIXES = (".mcap", ".db3")
+FILE_SUFFIXES = (*STORAGE_SUFFIXES, ".bag")  # files read on their own (.bag: ROS 1)
 NEWEST_METADATA_VERSION = 9  # rosbag2 metadata versions rosbags 0.11 reads (Jazzy writes 9)
 _METADATA_VERSION = re.compile(r"^\s*version:\s*(\d+)", re.MULTILINE)
 
@@ -64,6 +65,11 @@ class BagReader:
         self.codec = codec or MessageCodec()
         if not self.path.exists():
             raise BagError(f"no bag at {self.path}")
+        if self.path.name == "metadata.yaml":
+            self.path = self.path.parent  # the bag is the directory it describes
+        elif self.path.is_file() and self.path.suffix not in FILE_SUFFIXES:
+            raise BagError(f"{self.path} is not a bag file: pass the bag directory (with its "
+                           "metadata.yaml), a .mcap or .db3 file, or a ROS 1 .bag")
         if self.path.is_dir() and not (self.path / "metadata.yaml").exists():
             if not any(p.suffix in STORAGE_SUFFIXES for p in self.path.iterdir()):
                 raise BagError(f"{self.path} is not a rosbag2 bag: no metadata.yaml, no "
@@ -97,8 +103,18 @@ class BagReader:
         return self.path
 
     def _open(self, path: Path) -> AnyReader:
+        """
+        Open with the bag's own definitions, and ours for types it stores none of.
+
+        rosbags takes the default definitions only when no connection has one, but rosbag2
+        stores an empty one for a type it could not find on the recording machine (a robot
+        without audio_common_msgs' .msg files) beside full ones for the others.
+        """
         reader = AnyReader([path], default_typestore=self.codec.store)
         reader.open()
+        known = reader.typestore.fielddefs
+        reader.typestore.register({name: fields for name, fields
+                                   in self.codec.store.fielddefs.items() if name not in known})
         return reader
 
     def _error(self, action: str, err: Exception) -> BagError:

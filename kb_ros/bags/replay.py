@@ -68,6 +68,11 @@ class ReplayOptions:
     diagnostics_period_s: float = 1.0
     # the audio's format, in place of the bag's audio_info (a bag recorded without one)
     input_format: AudioFormat | None = None
+    info_topic: str | None = None  # where the audio's AudioInfo is; None: beside audio_topic
+
+    @property
+    def input_info_topic(self) -> str:
+        return self.info_topic or info_topic(self.audio_topic)
 
 
 class Timeline:
@@ -156,15 +161,18 @@ def input_topics(reader: BagReader, opts: ReplayOptions) -> tuple[dict[str, str]
     it (``announced_input_format`` gives the replay that format's info instead).
     """
     reader.require(opts.audio_topic, AUDIO_STAMPED)
+    if opts.info_topic is not None:
+        reader.require(opts.info_topic, AUDIO_INFO)
     ref_topic = opts.reference_topic
     if ref_topic is not None:
         reader.require(ref_topic, AUDIO_STAMPED)
     elif reference_topic(opts.audio_topic) in reader.topics:
         ref_topic = reference_topic(opts.audio_topic)
-    roles = {"audio": opts.audio_topic, "audio_info": info_topic(opts.audio_topic)}
+    roles = {"audio": opts.audio_topic, "audio_info": opts.input_info_topic}
     if ref_topic is not None:
         roles.update(reference=ref_topic, reference_info=info_topic(ref_topic))
     roles = {role: topic for role, topic in roles.items() if topic in reader.topics and
+             reader.topics[topic].count and
              reader.topics[topic].msg_type == (AUDIO_INFO if role.endswith("_info")
                                                else AUDIO_STAMPED)}
     if opts.input_format is not None:
@@ -187,11 +195,25 @@ def push_audio(stream: PcmChunkStream, gaps: GapCounter,
     return chunks, kept
 
 
-def announced_input_format(opts: ReplayOptions) -> list[tuple[str, AudioInfoMsg]]:
-    """Return the ``(role, audio_info)`` that stands in for the bag's: ``opts.input_format``."""
-    if opts.input_format is None:
-        return []
-    return [("audio_info", AudioInfoMsg.from_format(opts.input_format))]
+def initial_input_info(reader: BagReader, opts: ReplayOptions,
+                       roles: dict[str, str]) -> list[tuple[str, AudioInfoMsg]]:
+    """
+    Return the ``(role, audio_info)`` a replay takes before any audio.
+
+    That is ``opts.input_format``, else the first info on the bag's info topic wherever it lies
+    in the bag: a recording may catch the latched info only after some audio, and audio
+    decoded in a format nobody announced is noise. A bag with no info, and no
+    ``input_format`` given, is refused (raises ``BagError``).
+    """
+    if opts.input_format is not None:
+        return [("audio_info", AudioInfoMsg.from_format(opts.input_format))]
+    if "audio_info" not in roles:
+        raise BagError(f"{opts.bag}: nothing says what format {opts.audio_topic} is in (no "
+                       f"{AUDIO_INFO} on {opts.input_info_topic}): pass --input-format FMT "
+                       "(with --input-rate and --input-channels if not 16000 Hz mono), or "
+                       "--info-topic TOPIC")
+    _, _, first = next(reader.messages([roles["audio_info"]]))
+    return [("audio_info", first)]
 
 
 class ReplayClock:
@@ -296,8 +318,9 @@ class InProcessReplay:
             self._audio_info_used = True
         except PcmError as err:
             if not self._audio_info_used:
-                raise BagError(f"{self.opts.bag}: {info_topic(self.opts.audio_topic)} announces "
-                               f"a format replay cannot use: {err}") from None
+                raise BagError(f"{self.opts.bag}: {self.opts.input_info_topic} announces a format "
+                               f"replay cannot use: {err} (--input-format FMT overrides it)"
+                               ) from None
             self.format_errors.append(str(err))
 
     def on_reference_info(self, msg: AudioInfoMsg) -> None:
@@ -453,7 +476,7 @@ def replay_bag(opts: ReplayOptions) -> dict:
                        "reference": replay.on_reference,
                        "reference_info": replay.on_reference_info}
             handlers = {topic: by_role[role] for role, topic in roles.items()}
-            for role, msg in announced_input_format(opts):
+            for role, msg in initial_input_info(reader, opts, roles):
                 by_role[role](msg)
             for topic, _, msg in reader.messages(handlers):
                 handlers[topic](msg)

@@ -22,7 +22,7 @@ from kb_ros.audio.stream import PcmChunkStream
 from kb_ros.bags.errors import BagError
 from kb_ros.bags.info import GapCounter
 from kb_ros.bags.reader import BagReader
-from kb_ros.bags.replay import (ReplayOptions, announced_input_format, input_topics, push_audio,
+from kb_ros.bags.replay import (ReplayOptions, initial_input_info, input_topics, push_audio,
                                 score_timelines, scoring_timelines)
 from kb_ros.bags.topics import DIAGNOSTICS_TOPIC, offered_qos, subscription_qos, topic_type
 from kb_ros.bags.writer import BagWriter
@@ -135,7 +135,7 @@ def replay_graph(opts: ReplayOptions) -> dict:
     with BagReader(opts.bag) as reader:
         roles, ref_topic = input_topics(reader, opts)
         by_topic = {topic: role for role, topic in roles.items()}
-        messages = announced_input_format(opts) + [
+        messages = initial_input_info(reader, opts, roles) + [
             (by_topic[topic], msg) for topic, _, msg in reader.messages(by_topic)]
     if not any(role == "audio" for role, _ in messages):
         raise BagError(f"{opts.bag}: no messages on {opts.audio_topic}")

@@ -56,7 +56,8 @@ def _replay(args: argparse.Namespace) -> int:
         raise ValueError("--graph replays through live processes: real time only")
     opts = ReplayOptions(
         bag=args.bag, out=args.out, audio_topic=args.audio_topic,
-        reference_topic=args.reference_topic, namespace=args.namespace,
+        reference_topic=args.reference_topic, info_topic=args.info_topic,
+        namespace=args.namespace,
         link=LinkProfile(args.link_delay_ms, args.jitter_ms, args.loss), seed=args.seed,
         realtime=args.graph or args.pace == "realtime", model=args.model,
         large_model=args.large_model, accept_any_hint_model=args.accept_any_hint_model,
@@ -160,16 +161,19 @@ def add_bag_parser(sub: argparse._SubParsersAction) -> None:
     make.set_defaults(run=_make)
 
     info = cmds.add_parser("info", help="topics, types, counts, span, audio format, stamp gaps")
-    info.add_argument("bag", type=Path, help="bag directory or .mcap/.db3 file")
+    info.add_argument("bag", type=Path, help="bag directory, .mcap/.db3 file or ROS 1 .bag")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run=_info)
 
     replay = cmds.add_parser("replay", help="feed a bag through the chunk pipeline into a new "
                                             "bag and report hit rate, latency, SI-SNRi")
-    replay.add_argument("bag", type=Path, help="bag directory or .mcap/.db3 file")
+    replay.add_argument("bag", type=Path, help="bag directory, .mcap/.db3 file or ROS 1 .bag")
     replay.add_argument("-o", "--out", type=Path, required=True, help="new output bag directory")
     replay.add_argument("--audio-topic", type=topic_name, default="/kb/audio",
                         help="input topic (audio_capture: /audio/audio_stamped)")
+    replay.add_argument("--info-topic", type=topic_name,
+                        help="the input's AudioInfo topic (default: audio_info beside "
+                             "--audio-topic, or <audio topic>_info)")
     replay.add_argument("--reference-topic", type=topic_name,
                         help="clean reference for SI-SNRi (default: `reference` beside the "
                              "audio topic, when the bag has it)")
@@ -196,8 +200,8 @@ def add_bag_parser(sub: argparse._SubParsersAction) -> None:
                         help="use hints even from a model the small model was not trained with")
     replay.add_argument("--input-format", choices=sorted(SAMPLE_FORMATS),
                         help="decode the audio as this PCM format instead of what the "
-                        "bag's audio_info says (for a bag recorded without it; without both, "
-                        "F32LE mono 16 kHz is assumed)")
+                        "bag's audio_info says (for a bag recorded without it: such a bag is "
+                        "refused without this)")
     replay.add_argument("--input-channels", type=int,
                         help="channels of --input-format (default 1)")
     replay.add_argument("--input-rate", type=int,

@@ -129,7 +129,7 @@ def _where(report: dict[str, Any]) -> list[str]:
     lines += ["Eager, traced, traced + `torch.jit.freeze`, that + "
               "`torch.jit.optimize_for_inference`, ONNX Runtime through `session.run`, and "
               "ONNX Runtime with its buffers bound once (`onnxruntime_bound`, "
-              "`kb_ros/models/stream.py`; not the engine's default yet), kb with a hint, "
+              "`kb_ros/models/stream.py`: what the engine runs), kb with a hint, "
               "thread CPU ms; "
               "the last column is the largest output difference from eager:", ""]
     lines += _table(["step", "CPU p50", "CPU p99", "max abs diff"], ablation)

@@ -59,6 +59,9 @@ class Check:
     passed: bool
     detail: str
 
+    def __post_init__(self) -> None:
+        self.passed = bool(self.passed)  # verdicts are often numpy bools: keep JSON-able
+
 
 @dataclass
 class Snapshot:
@@ -125,6 +128,7 @@ class ChunkAccount:
     chunks_in: int
     chunks_out: int
     missing: int
+    missing_at: list[int]  # input chunk numbers (from 0) without an output
     extra: int
     in_order: bool
     non_finite: int
@@ -147,8 +151,9 @@ def account_chunks(rec: Recording, sources: int = 1) -> ChunkAccount:
         wrong_size += out.size != CHUNK_FRAMES * sources
         non_finite += not np.isfinite(out).all()
     in_set, out_set = set(in_stamps), set(out_stamps)
+    missing_at = [k for k, stamp in enumerate(in_stamps) if stamp not in out_set]
     gaps = np.diff(in_stamps)
-    return ChunkAccount(len(in_stamps), len(out_stamps), len(in_set - out_set),
+    return ChunkAccount(len(in_stamps), len(out_stamps), len(in_set - out_set), missing_at[:20],
                         len(out_stamps) - len(out_set & in_set), out_stamps == in_stamps,
                         non_finite, wrong_size,
                         bool(len(gaps) == 0 or np.all(np.abs(gaps - CHUNK_MS * 1e6) <= 1)))

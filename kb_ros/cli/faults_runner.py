@@ -282,8 +282,9 @@ def stream_checks(run: ScenarioRun) -> list[fa.Check]:
     node_chunks = int(final.get("chunks", -1))
     return [
         fa.Check("one output per input, in order, same stamps", account.exact,
-                 f"{account.chunks_in} in, {account.chunks_out} out, {account.missing} missing, "
-                 f"{account.extra} extra, in order: {account.in_order}"),
+                 f"{account.chunks_in} in, {account.chunks_out} out, {account.missing} missing"
+                 + (f" (input chunks {account.missing_at})" if account.missing else "")
+                 + f", {account.extra} extra, in order: {account.in_order}"),
         fa.Check("outputs finite and whole", account.chunks_out > 0 and not account.non_finite
                  and not account.wrong_size,
                  f"{account.non_finite} non-finite, {account.wrong_size} of the wrong size"),

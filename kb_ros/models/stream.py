@@ -12,10 +12,11 @@ chunks:
 - ``StoredStream``: any ``FlatStep`` (TorchScript, eager, or ONNX Runtime with rings), its state
   in a ``StateStore``.
 
-``build_stream`` gives the stored one. The bound one is faster back to back (``kb-ros bench``'s
-trace ablation) but is not the default yet: with it, the cpu_overload fault scenario
-(busy loops on small_node's core) failed 3 times in 18 runs (a 377 ms backlog, one lost input
-chunk), against none in 22 runs without it, for a reason not yet found.
+``build_stream`` gives the bound one where it can (a device model on ONNX Runtime: the large
+model's caches are rings), else the stored one. Bound, the kb step takes about half the CPU time
+of ``session.run`` (``kb-ros bench``'s trace ablation). The cpu_overload fault scenario (busy
+loops on small_node's core) once seemed to fail more often with it; alone on the machine it
+passed 14 of 14 runs either way, and with other work on the machine both failed now and then.
 """
 
 from __future__ import annotations
@@ -122,7 +123,9 @@ class BoundOnnxStream:
 
 
 def build_stream(model: StreamingModel, runtime: str = "auto",
-                 threads: int = 1) -> tuple[StoredStream, str]:
-    """Return the one-stream stepper ``runtime`` allows and a note on any fallback."""
+                 threads: int = 1) -> tuple[StoredStream | BoundOnnxStream, str]:
+    """Return the fastest one-stream stepper ``runtime`` allows and a note on any fallback."""
     step, note = build_step(model, runtime, threads, ring=rings_pay(model.config))
+    if isinstance(step, OnnxStep) and step.batch == 1 and not step.rings:
+        return BoundOnnxStream(step), note
     return StoredStream(step), note

@@ -43,7 +43,7 @@ class AudioInfoMsg:
     def to_format(self) -> AudioFormat:
         """Return the PCM format this info announces (validated: raises PcmError if unusable)."""
         return AudioFormat(self.channels, self.sample_rate, self.sample_format,
-                           self.coding_format).validate()
+                           self.coding_format).canonical().validate()
 
 
 @dataclass
