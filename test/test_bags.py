@@ -210,6 +210,36 @@ def test_bag_from_an_independent_mcap_writer_replays(models, tmp_path):
         decode_pcm(encode_pcm(audio, fmt), fmt))
 
 
+def test_publish_time_stamps_replay_whole_with_a_wider_stamp_tolerance(
+        models, sample, tmp_path):
+    """
+    A driver that stamps 10 ms buffers when it publishes them: stamps late by 0-12 ms at random.
+
+    At the default 5 ms tolerance such jitter reads as gaps and steps back (counted, blocks
+    dropped); at 30 ms every block continues the stream and the audio arrives whole.
+    """
+    mix = read_wav(sample["mix"])[0][:150 * 160]
+    late_ns = np.random.default_rng(3).uniform(0, 12e6, 150).astype(np.int64)
+    bag = tmp_path / "publish_time"
+    with BagWriter(bag, "mcap") as writer:
+        writer.add_topic("/kb/audio", AUDIO_STAMPED, offered_qos("/kb/audio"))
+        writer.add_topic("/kb/audio_info", AUDIO_INFO, offered_qos("/kb/audio_info"))
+        writer.write("/kb/audio_info", AudioInfoMsg.from_format(AudioFormat()), 1)
+        for k in range(150):
+            stamp = (START_SAMPLE + 160 * k) * NS_PER_FRAME + int(late_ns[k])
+            writer.write("/kb/audio", AudioChunkMsg(stamp, encode_pcm(
+                mix[k * 160:(k + 1) * 160], AudioFormat())), stamp + 1)
+    strict = replay_bag(ReplayOptions(bag, tmp_path / "strict", **models))
+    assert sum(strict["input_drops"].values()) > 0
+    report = replay_bag(ReplayOptions(bag, tmp_path / "wide", stamp_tolerance_ms=30.0, **models))
+    assert report["input_drops"] == {}
+    heard = np.concatenate([decode_pcm(m.data, AudioFormat())[:, 0]
+                            for m in topic_messages(tmp_path / "wide", "/kb/audio")])
+    start = int(np.argmax(np.correlate(heard[:400], mix[:200, 0], "valid")))
+    np.testing.assert_array_equal(heard[start:start + 149 * 160 - 256],
+                                  mix[:149 * 160 - 256, 0])
+
+
 def test_audio_types_without_a_definition_in_the_bag_use_ours(models, tmp_path):
     """
     rosbag2 stores an empty definition for a type it cannot find on the recording machine.
@@ -406,8 +436,10 @@ def test_a_48khz_bag_replays_one_chunk_per_8_ms_block(models, sample, tmp_path):
 def write_s16_bag(path: Path, mix: np.ndarray, info: AudioInfoMsg | None = None,
                   info_topic: str = "/kb/audio_info", info_after_blocks: int = 0) -> None:
     """
-    ``/kb/audio`` in S16LE, 128-frame blocks from ``START_SAMPLE``; ``info`` (if any) on
-    ``info_topic``, recorded after the first ``info_after_blocks`` blocks.
+    Write ``/kb/audio`` in S16LE, 128-frame blocks from ``START_SAMPLE``.
+
+    ``info`` (if any) goes on ``info_topic``, recorded after the first ``info_after_blocks``
+    blocks.
     """
     with BagWriter(path, "mcap") as writer:
         writer.add_topic("/kb/audio", AUDIO_STAMPED, offered_qos("/kb/audio"))
@@ -423,7 +455,7 @@ def write_s16_bag(path: Path, mix: np.ndarray, info: AudioInfoMsg | None = None,
 
 
 def replayed_input(out: Path, frames: int) -> np.ndarray:
-    """The replay's ``audio`` topic (the re-chunked input), placed by its stamps."""
+    """Return the replay's ``audio`` topic (the re-chunked input), placed by its stamps."""
     heard = np.zeros(frames + 256, np.float32)
     for msg in topic_messages(out, "/kb/audio"):
         first = msg.stamp_ns // NS_PER_FRAME - START_SAMPLE + 128

@@ -19,6 +19,10 @@ NS_PER_S = 1_000_000_000
 # builtin_interfaces/Time.sec is an int32: audio ending later has chunk stamps no publisher can
 # write (sec = 2**31 - 1 with nanosec up to 2**32 - 1 arrives as valid CDR).
 MAX_STAMP_NS = (2**31 - 1) * NS_PER_S
+# How far a block's stamp may stray from where the stream's sample count puts it and still
+# continue the stream: capture clocks jitter. Drivers that stamp each buffer with the time
+# they publish it (not when it was captured) jitter more and need more.
+STAMP_TOLERANCE_S = 0.005
 
 
 def join_stamp(sec: int, nanosec: int) -> int:
@@ -94,7 +98,8 @@ class StampGuard:
     first ``confirm_blocks - 1`` blocks.
     """
 
-    def __init__(self, sample_rate: int = SAMPLE_RATE, tolerance_frames: int = 80,
+    def __init__(self, sample_rate: int = SAMPLE_RATE,
+                 tolerance_frames: int = round(STAMP_TOLERANCE_S * SAMPLE_RATE),
                  max_gap_frames: int = SAMPLE_RATE, confirm_blocks: int = 3) -> None:
         self.sample_rate = sample_rate
         self.tolerance_frames = tolerance_frames
@@ -163,7 +168,8 @@ class Rechunker:
     """
 
     def __init__(self, channels: int = 1, sample_rate: int = SAMPLE_RATE,
-                 chunk_frames: int = CHUNK_FRAMES, gap_tolerance_frames: int = 80,
+                 chunk_frames: int = CHUNK_FRAMES,
+                 gap_tolerance_frames: int = round(STAMP_TOLERANCE_S * SAMPLE_RATE),
                  max_gap_fill_frames: int = SAMPLE_RATE) -> None:
         self.channels = channels
         self.sample_rate = sample_rate
@@ -246,9 +252,10 @@ class InputChunker:
     """
 
     def __init__(self, channels: int = 1, sample_rate: int = SAMPLE_RATE,
-                 chunk_frames: int = CHUNK_FRAMES) -> None:
+                 chunk_frames: int = CHUNK_FRAMES,
+                 gap_tolerance_frames: int = round(STAMP_TOLERANCE_S * SAMPLE_RATE)) -> None:
         self.chunk_frames = chunk_frames
-        self.rechunker = Rechunker(channels, sample_rate, chunk_frames)
+        self.rechunker = Rechunker(channels, sample_rate, chunk_frames, gap_tolerance_frames)
 
     def push(self, stamp_ns: int, block: np.ndarray) -> list[Chunk]:
         if len(block) == self.chunk_frames and not self.rechunker.has_partial:

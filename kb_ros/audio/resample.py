@@ -17,7 +17,7 @@ from fractions import Fraction
 import numpy as np
 from scipy.signal import firwin
 
-from kb_ros.audio.clock import NS_PER_S
+from kb_ros.audio.clock import NS_PER_S, STAMP_TOLERANCE_S
 from kb_ros.audio.pcm import PcmError
 
 MAX_RATIO_TERM = 1000  # 44.1 kHz -> 16 kHz is 160 / 441; a rate needing more is not a real one
@@ -55,7 +55,7 @@ class StreamResampler:
     """
 
     def __init__(self, in_rate: int, out_rate: int, channels: int,
-                 tolerance_s: float = 0.005) -> None:
+                 tolerance_s: float = STAMP_TOLERANCE_S) -> None:
         self.up, self.down = resampling_ratio(in_rate, out_rate)
         self.in_rate, self.out_rate, self.channels = in_rate, out_rate, channels
         self.tolerance_frames = round(tolerance_s * in_rate)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
-from kb_ros.audio.clock import CHUNK_FRAMES, SAMPLE_RATE, Chunk, InputChunker, StampGuard
+from kb_ros.audio.clock import (CHUNK_FRAMES, SAMPLE_RATE, STAMP_TOLERANCE_S, Chunk,
+                                InputChunker, StampGuard)
 from kb_ros.audio.pcm import AudioFormat, NonFiniteError, PcmError, decode_pcm
 from kb_ros.audio.resample import StreamResampler
 
@@ -27,24 +28,27 @@ class PcmChunkStream:
     is called. Payloads that cannot be used (oversized, undecodable, non-finite, stamped off
     the stream's timeline: see ``StampGuard``) are dropped and counted by reason in ``drops``;
     ``push`` then returns no chunk and ``on_drop(reason, detail)`` is called, so the caller
-    decides how loudly to log.
+    decides how loudly to log. ``stamp_tolerance_s``: how far a stamp may stray from the
+    stream's sample count and still continue it (``STAMP_TOLERANCE_S``).
     """
 
     def __init__(self, fmt: AudioFormat | None = None, sample_rate: int = SAMPLE_RATE,
                  chunk_frames: int = CHUNK_FRAMES,
                  on_drop: Callable[[str, str], None] | None = None, hold_messages: int = 0,
-                 on_format_assumed: Callable[[AudioFormat], None] | None = None) -> None:
+                 on_format_assumed: Callable[[AudioFormat], None] | None = None,
+                 stamp_tolerance_s: float = STAMP_TOLERANCE_S) -> None:
         self.sample_rate = sample_rate
         self.chunk_frames = chunk_frames
+        self.stamp_tolerance_s = stamp_tolerance_s
         self.drops: Counter = Counter()
-        self.guard = StampGuard(sample_rate)
+        self.guard = StampGuard(sample_rate, round(stamp_tolerance_s * sample_rate))
         self._on_drop = on_drop
         self._on_format_assumed = on_format_assumed
         self._hold_messages = hold_messages
         self._held: list[tuple[int, bytes]] = []
         self._held_bytes = 0
         self.format = AudioFormat(sample_rate=sample_rate)
-        self._chunker = InputChunker(1, sample_rate, chunk_frames)
+        self._chunker = self._new_chunker(1)
         self._resampler: StreamResampler | None = None
         self.format_known = fmt is not None or hold_messages == 0
         if fmt is not None:
@@ -58,15 +62,20 @@ class PcmChunkStream:
         """
         fmt.validate()
         if (fmt.sample_rate, fmt.channels) != (self.format.sample_rate, self.format.channels):
-            self._resampler = (StreamResampler(fmt.sample_rate, self.sample_rate, fmt.channels)
+            self._resampler = (StreamResampler(fmt.sample_rate, self.sample_rate, fmt.channels,
+                                               self.stamp_tolerance_s)
                                if fmt.sample_rate != self.sample_rate else None)
         if fmt.channels != self.format.channels:
-            self._chunker = InputChunker(fmt.channels, self.sample_rate, self.chunk_frames)
+            self._chunker = self._new_chunker(fmt.channels)
         if fmt.sample_rate != self.format.sample_rate:
             self.guard.retime(fmt.sample_rate)
         self.format = fmt
         self.format_known = True
         return self._release_held()
+
+    def _new_chunker(self, channels: int) -> InputChunker:
+        return InputChunker(channels, self.sample_rate, self.chunk_frames,
+                            round(self.stamp_tolerance_s * self.sample_rate))
 
     def push(self, stamp_ns: int, payload: bytes) -> list[Chunk]:
         """Decode one payload captured at ``stamp_ns``; return the chunks it completes."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kb_ros.audio.clock import CHUNK_FRAMES, NS_PER_S, SAMPLE_RATE, Chunk
+from kb_ros.audio.clock import CHUNK_FRAMES, NS_PER_S, SAMPLE_RATE, STAMP_TOLERANCE_S, Chunk
 from kb_ros.audio.pcm import AudioFormat, PcmError, decode_pcm, encode_pcm
 from kb_ros.audio.stream import PcmChunkStream
 from kb_ros.bags.errors import BagError
@@ -69,6 +69,7 @@ class ReplayOptions:
     # the audio's format, in place of the bag's audio_info (a bag recorded without one)
     input_format: AudioFormat | None = None
     info_topic: str | None = None  # where the audio's AudioInfo is; None: beside audio_topic
+    stamp_tolerance_ms: float = STAMP_TOLERANCE_S * 1e3  # the nodes' stamp_tolerance_ms
 
     @property
     def input_info_topic(self) -> str:
@@ -265,7 +266,7 @@ class InProcessReplay:
                                        sources=self.small.sources, accepted_producers=producers)
         self.uplink = EmulatedLink[Chunk](opts.link, opts.seed)
         self.downlink = EmulatedLink[AudioChunkMsg](opts.link, opts.seed + 1)
-        self.input = PcmChunkStream()
+        self.input = PcmChunkStream(stamp_tolerance_s=opts.stamp_tolerance_ms / 1e3)
         self.input_gaps = GapCounter()
         self.clock = ReplayClock(opts.realtime)
         self.latency_ms = LatencyStats()

@@ -62,14 +62,14 @@ class StampPacer:
 
 
 def _play(messages: list[tuple[str, object]], namespace: str, domain_id: int,
-          input_stats: GapCounter) -> tuple[StampPacer, int]:
+          input_stats: GapCounter, stamp_tolerance_ms: float) -> tuple[StampPacer, int]:
     """
     Publish ``(role, msg)`` pairs on ``<namespace>/audio(_info)``.
 
     Returns the pacer and the number of chunks the nodes will make of them (re-chunked here as
     they do it).
     """
-    stream = PcmChunkStream()
+    stream = PcmChunkStream(stamp_tolerance_s=stamp_tolerance_ms / 1e3)
     chunks = 0
     player = DdsBackend(RosArgs("bag_player", namespace),
                         DdsConfig(domain_id, build_config_xml(), "loopback only"))
@@ -153,16 +153,17 @@ def replay_graph(opts: ReplayOptions) -> dict:
         graph.start("small_node", namespace=ns, model=opts.model,
                     accept_any_hint_model=opts.accept_any_hint_model,
                     output_format=opts.output_format,
+                    stamp_tolerance_ms=opts.stamp_tolerance_ms,
                     **{"diagnostic_updater.period": DIAGNOSTICS_PERIOD_S})
         graph.start("hint_node", namespace=f"{ns}/remote", model=opts.large_model,
-                    hint_format=opts.hint_format)
+                    hint_format=opts.hint_format, stamp_tolerance_ms=opts.stamp_tolerance_ms)
         graph.start("link_node", namespace=ns, uplink_delay_ms=opts.link.delay_ms,
                     downlink_delay_ms=opts.link.delay_ms, jitter_ms=opts.link.jitter_ms,
                     loss=opts.link.loss, seed=opts.seed)
         graph.wait_ready(timeout_s=STARTUP_TIMEOUT_S)
         _wait_for_status(logs["diagnostics"], ("small_node", "hint_node"), STARTUP_TIMEOUT_S)
         pacer, chunks = _play([m for m in messages if m[0] in ("audio", "audio_info")], ns,
-                              domain_id, input_stats)
+                              domain_id, input_stats, opts.stamp_tolerance_ms)
         recorder.wait_for(f"{ns}/enhanced", chunks, timeout_s=5.0)
         time.sleep(2 * DIAGNOSTICS_PERIOD_S)  # one more status, with the final counters
     finally:

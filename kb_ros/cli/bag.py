@@ -52,11 +52,15 @@ def _replay(args: argparse.Namespace) -> int:
     from kb_ros.bags.replay import ReplayOptions, replay_bag
     from kb_ros.transport.emulated_link import LinkProfile
 
+    if not 0.1 <= args.stamp_tolerance_ms <= 100.0:
+        raise ValueError(f"--stamp-tolerance-ms must be in [0.1, 100], got "
+                         f"{args.stamp_tolerance_ms}")
     if args.graph and args.pace == "fast":
         raise ValueError("--graph replays through live processes: real time only")
     opts = ReplayOptions(
         bag=args.bag, out=args.out, audio_topic=args.audio_topic,
         reference_topic=args.reference_topic, info_topic=args.info_topic,
+        stamp_tolerance_ms=args.stamp_tolerance_ms,
         namespace=args.namespace,
         link=LinkProfile(args.link_delay_ms, args.jitter_ms, args.loss), seed=args.seed,
         realtime=args.graph or args.pace == "realtime", model=args.model,
@@ -174,6 +178,10 @@ def add_bag_parser(sub: argparse._SubParsersAction) -> None:
     replay.add_argument("--info-topic", type=topic_name,
                         help="the input's AudioInfo topic (default: audio_info beside "
                              "--audio-topic, or <audio topic>_info)")
+    replay.add_argument("--stamp-tolerance-ms", type=finite_float, default=5.0,
+                        help="how far a block's stamp may stray from the stream's sample count "
+                             "and still continue it (the nodes' stamp_tolerance_ms; 20-30 for "
+                             "drivers that stamp buffers with their publish time)")
     replay.add_argument("--reference-topic", type=topic_name,
                         help="clean reference for SI-SNRi (default: `reference` beside the "
                              "audio topic, when the bag has it)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable
 
-from kb_ros.audio.clock import Chunk
+from kb_ros.audio.clock import STAMP_TOLERANCE_S, Chunk
 from kb_ros.audio.pcm import AudioFormat, PcmError
 from kb_ros.audio.stream import PcmChunkStream
 from kb_ros.transport.backend import Backend, Logger, ParamSpec
@@ -55,6 +55,13 @@ def compute_budget_params(warn_ratio: float) -> list[ParamSpec]:
                   float_range=(0.01, 10.0)),
     ]
 
+
+STAMP_TOLERANCE_PARAM = ParamSpec(
+    "stamp_tolerance_ms", STAMP_TOLERANCE_S * 1e3,
+    "How far an audio block's header stamp may stray from where the stream's sample count puts "
+    "it and still continue the stream (beyond: a gap, or a dropped block). Drivers that stamp "
+    "buffers with their publish time jitter by several ms: raise it to 20-30 for them, the "
+    "same on small_node and hint_node", read_only=True, float_range=(0.1, 100.0))
 
 RUNTIME_PARAM = ParamSpec(
     "runtime", "auto", "How the model's step runs: auto (ONNX Runtime on CPU when it can, "
@@ -111,7 +118,8 @@ def adopt_format(stream: PcmChunkStream, msg: AudioInfoMsg, topic: str) -> list[
         return stream.reject("bad_info", f"{topic}: {err}")
 
 
-def audio_input(logger: Logger, drop_log: DropLog) -> PcmChunkStream:
+def audio_input(logger: Logger, drop_log: DropLog,
+                stamp_tolerance_ms: float = STAMP_TOLERANCE_S * 1e3) -> PcmChunkStream:
     """
     Make the input stream of a node subscribing ``audio`` and ``audio_info``.
 
@@ -122,4 +130,5 @@ def audio_input(logger: Logger, drop_log: DropLog) -> PcmChunkStream:
         logger.warning(f"no audio_info yet: assuming {fmt.sample_format}, {fmt.channels} "
                        f"channel(s), {fmt.sample_rate} Hz")
 
-    return PcmChunkStream(on_drop=drop_log, hold_messages=32, on_format_assumed=assumed)
+    return PcmChunkStream(on_drop=drop_log, hold_messages=32, on_format_assumed=assumed,
+                          stamp_tolerance_s=stamp_tolerance_ms / 1e3)

@@ -27,9 +27,9 @@ from kb_ros.boosting.hint_format import (DEFAULT_HINT_FORMAT, HINT_FORMATS, Hint
                                          hint_audio_format)
 from kb_ros.boosting.hint_server import HintServer, StreamCounters
 from kb_ros.models.shipped import load_model_and_manifest
-from kb_ros.nodes.common import (ERROR, OK, RUNTIME_PARAM, WARN, DropLog, RateMeter,
-                                 adopt_format, audio_input, compute_budget_params, declare_all,
-                                 log_runtime)
+from kb_ros.nodes.common import (ERROR, OK, RUNTIME_PARAM, STAMP_TOLERANCE_PARAM, WARN, DropLog,
+                                 RateMeter, adopt_format, audio_input, compute_budget_params,
+                                 declare_all, log_runtime)
 from kb_ros.nodes.runner import run_node
 from kb_ros.transport import qos
 from kb_ros.transport.backend import Backend, DiagnosticReport, Logger, ParamSpec, Publisher
@@ -47,6 +47,7 @@ PARAMS = [
               read_only=True, choices=tuple(HINT_FORMATS)),
     ParamSpec("threads", 1, "Intra-op threads", read_only=True, int_range=(1, 64)),
     RUNTIME_PARAM,
+    STAMP_TOLERANCE_PARAM,
     ParamSpec("device", "cpu", "Torch device of the large model: cpu, cuda or cuda:N (one "
               "hint_node per GPU)", read_only=True),
     ParamSpec("streams", [""], "Device streams served, one namespace each, relative to the "
@@ -143,7 +144,8 @@ class HintNode:
                      info: AudioInfoMsg) -> DeviceStream:
         logger = _StreamLogger(self.log, name)
         drop_log = DropLog(logger)
-        device = DeviceStream(name, audio_input(logger, drop_log), drop_log,
+        tolerance_ms = self.params["stamp_tolerance_ms"]
+        device = DeviceStream(name, audio_input(logger, drop_log, tolerance_ms), drop_log,
                               self.backend.create_publisher(
                                   AUDIO_STAMPED, stream_topic(stream, "hints"), qos.HINT_PUB),
                               RateMeter(self.backend.now_ns))
