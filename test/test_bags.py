@@ -290,6 +290,32 @@ def test_audio_types_without_a_definition_in_the_bag_use_ours(models, tmp_path):
     assert report["input_drops"] == {} and report["enhanced_chunks"] >= 19
 
 
+def test_a_same_named_audio_info_of_another_package_is_named_as_such(tmp_path):
+    """mgonzs13/audio_common ships an AudioInfo of other fields under the same type name."""
+    from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+
+    store = get_typestore(Stores.EMPTY)
+    store.register(get_types_from_msg("int32 format\nint32 channels\nint32 rate\nint32 chunk\n",
+                                      AUDIO_INFO))
+    bag = tmp_path / "other_audio_info"
+    ours = make_typestore()
+    with Writer(bag, version=8) as writer:
+        info = writer.add_connection("/audio/audio_info", AUDIO_INFO, typestore=store)
+        audio = writer.add_connection("/audio/audio_stamped", AUDIO_STAMPED, typestore=ours)
+        writer.write(info, 1, store.serialize_cdr(store.types[AUDIO_INFO](
+            format=8, channels=1, rate=16000, chunk=512), AUDIO_INFO))
+        writer.write(audio, 2, ours.serialize_cdr(ours.types[AUDIO_STAMPED](
+            header=ours.types["std_msgs/msg/Header"](
+                stamp=ours.types["builtin_interfaces/msg/Time"](sec=1, nanosec=0),
+                frame_id="mic"),
+            audio=ours.types["audio_common_msgs/msg/AudioData"](
+                data=np.zeros(256, np.uint8))), AUDIO_STAMPED))
+    result = kb_ros("info", str(bag))
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "has the fields ['format', 'channels', 'rate', 'chunk']" in result.stderr
+    assert "corrupt" not in result.stderr
+
+
 def test_odd_blocks_with_gaps_give_one_output_chunk_per_grid_chunk(models, tmp_path):
     """audio_capture-like S16LE blocks of odd sizes from an off-grid start, three lost."""
     sizes = [160, 97, 211] * 40

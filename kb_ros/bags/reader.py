@@ -184,10 +184,17 @@ class BagReader:
         for connection, time_ns, data in self.raw_messages(topics):
             try:
                 ros = self._reader.deserialize(data, connection.msgtype)
-                msg = self.codec.from_ros(connection.msgtype, ros)
-            except Exception as err:  # bytes, or a same-named type, that do not match ours
+            except Exception as err:  # bytes that do not match the type
                 raise self._error(f"cannot decode a {connection.topic} message at "
                                   f"{time_ns} ns", err) from None
+            try:
+                msg = self.codec.from_ros(connection.msgtype, ros)
+            except (AttributeError, KeyError, TypeError) as err:  # a same-named other type
+                fields = [name for name in getattr(ros, "__dataclass_fields__", {})
+                          if not name.startswith("_")]
+                raise BagError(f"{self.path}: the {connection.msgtype} on {connection.topic} "
+                               f"has the fields {fields}, not those kb_ros reads (another "
+                               f"package of the same name?; {err})") from None
             yield connection.topic, time_ns, msg
 
     def close(self) -> None:

@@ -159,7 +159,7 @@ def input_topics(reader: BagReader, opts: ReplayOptions) -> tuple[dict[str, str]
 
     The roles are ``audio``, ``audio_info``, ``reference`` and ``reference_info``; absent
     infos are left out, and so is the bag's ``audio_info`` when ``opts.input_format`` replaces
-    it (``announced_input_format`` gives the replay that format's info instead).
+    it (``initial_input_info`` gives the replay that format's info instead).
     """
     reader.require(opts.audio_topic, AUDIO_STAMPED)
     if opts.info_topic is not None:
