@@ -314,6 +314,10 @@ def test_a_same_named_audio_info_of_another_package_is_named_as_such(tmp_path):
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
     assert "has the fields ['format', 'channels', 'rate', 'chunk']" in result.stderr
     assert "corrupt" not in result.stderr
+    wrong_topic = kb_ros("replay", str(bag), "-o", str(tmp_path / "out"), "--audio-topic",
+                         "/audio/audio_info")
+    assert wrong_topic.returncode == 2
+    assert "topics: ['/audio/audio_stamped']" in wrong_topic.stderr
 
 
 def test_odd_blocks_with_gaps_give_one_output_chunk_per_grid_chunk(models, tmp_path):

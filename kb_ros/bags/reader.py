@@ -146,7 +146,13 @@ class BagReader:
         if summary is None:
             raise BagError(f"{self.path} has no topic {topic}; it has {sorted(self.topics)}")
         if summary.msg_type != msg_type:
-            raise BagError(f"{topic} in {self.path} is {summary.msg_type}, not {msg_type}")
+            stamped = [name for name, other in sorted(self.topics.items())
+                       if other.msg_type == msg_type]
+            hint = (f"; the bag's {msg_type} topics: {stamped}" if stamped else
+                    "; kb_ros matches hints to audio by header stamps, so it needs stamped "
+                    "audio (audio_capture publishes audio_stamped beside audio)")
+            raise BagError(f"{topic} in {self.path} is {summary.msg_type}, not {msg_type}"
+                           + hint)
 
     def raw_messages(self, topics: Iterable[str] | None = None
                      ) -> Iterator[tuple[Connection, int, bytes]]:
