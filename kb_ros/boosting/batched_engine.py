@@ -41,9 +41,9 @@ class BatchedEngine:
     Outputs are made safe per stream as ``ChunkEngine`` does for one: a stream whose output is
     not finite gets silence and a fresh state (reported in ``BatchOutput.reset_streams``), and
     samples are clipped to full scale; the other streams of the step are untouched. Steps for
-    every batch size are built up front (``build_batched_steps``: one batch-free ONNX Runtime
-    graph, else a TorchScript trace per size), so no step ever waits for a compile. ``device``
-    is the torch device of the model and the states (``cpu``, ``cuda``, ``cuda:1``...).
+    every batch size are built up front (``build_batched_steps``: ONNX Runtime graphs for batch
+    1 and for any batch, else a TorchScript trace per size), so no step waits for a compile.
+    ``device`` is the torch device of the model and the states (``cpu``, ``cuda``, ``cuda:1``...).
     """
 
     def __init__(self, model: StreamingModel, max_streams: int, *, threads: int = 1,
