@@ -9,6 +9,10 @@ recovers late) on recordings built by hand, and the command line.
 """
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +149,48 @@ def test_cli_runs_a_scenario_to_json_and_markdown(tmp_path, capsys):
     text = doc.read_text()
     assert "## capture_mic_missing_exit" in text and "1 of 1 scenarios passed" in text
     assert (tmp_path / "work" / "capture_mic_missing_exit" / "logs" / "capture_node.log").exists()
+
+
+def _children(pid: int) -> set[int]:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(120)
+def test_terminated_faults_run_stops_its_nodes_and_busy_loops(tmp_path):
+    """SIGTERM (a supervisor, ``timeout``) unwinds ``kb-ros faults`` as Ctrl-C would."""
+    proc = subprocess.Popen([sys.executable, "-m", "kb_ros.cli.main", "faults", "--scenario",
+                             "cpu_overload", "--out", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        started: set[int] = set()
+        while len(started) < 8 and time.monotonic() < deadline:  # 4 nodes, 4 busy loops
+            started = _children(proc.pid)
+            time.sleep(0.2)
+        assert len(started) >= 8, f"only {len(started)} processes started"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while any(map(_alive, started)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in started if _alive(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -42,7 +42,9 @@ GRAPH_NICE = -10
 DEFAULT_HINT_MODEL = "small"
 TRAINED_HINT_MODEL = "large"  # the producer the shipped kb model was trained with
 READY_TIMEOUT_S = 180.0
-SPIN_LOOP = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
+# a busy loop pinned to one CPU, which ends when its parent does (even killed with SIGKILL)
+SPIN_LOOP = ("import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nparent = os.getppid()\n"
+             "while os.getppid() == parent:\n    for _ in range(100_000):\n        pass\n")
 
 
 def split_cpus() -> tuple[set[int], set[int]]:
