@@ -152,7 +152,7 @@ def test_cli_runs_a_scenario_to_json_and_markdown(tmp_path, capsys):
 
 
 def _children(pid: int) -> set[int]:
-    """PIDs whose parent is ``pid`` (from /proc)."""
+    """Return the PIDs whose parent is ``pid`` (from /proc)."""
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
