@@ -240,6 +240,49 @@ def test_publish_time_stamps_replay_whole_with_a_wider_stamp_tolerance(
                                   mix[:149 * 160 - 256, 0])
 
 
+def test_a_ros1_bag_of_audio_capture_replays(models, sample, tmp_path):
+    """ROS 1's audio_capture: 160-frame S16LE AudioDataStamped (Header with seq) in a .bag."""
+    from rosbags.rosbag1 import Writer as Ros1Writer
+    from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+
+    store = get_typestore(Stores.ROS1_NOETIC)
+    store.register({**get_types_from_msg("uint8[] data\n", "audio_common_msgs/msg/AudioData"),
+                    **get_types_from_msg("Header header\naudio_common_msgs/AudioData audio\n",
+                                         AUDIO_STAMPED),
+                    **get_types_from_msg("uint8 channels\nuint32 sample_rate\nstring "
+                                         "sample_format\nuint32 bitrate\nstring "
+                                         "coding_format\n", AUDIO_INFO)})
+    types = store.types
+    mix = read_wav(sample["mix"])[0][:75 * 160]
+    fmt = AudioFormat(sample_format="S16LE")
+    path = tmp_path / "robot.bag"
+    writer = Ros1Writer(path)
+    writer.open()
+    info = writer.add_connection("/audio/audio_info", AUDIO_INFO, typestore=store, latching=1)
+    audio = writer.add_connection("/audio/audio_stamped", AUDIO_STAMPED, typestore=store)
+    writer.write(info, 1, store.serialize_ros1(types[AUDIO_INFO](
+        channels=1, sample_rate=RATE, sample_format="S16LE", bitrate=256000,
+        coding_format="wave"), AUDIO_INFO))
+    for k in range(75):
+        sec, nanosec = divmod((START_SAMPLE + 160 * k) * NS_PER_FRAME, NS_PER_S)
+        msg = types[AUDIO_STAMPED](
+            header=types["std_msgs/msg/Header"](
+                seq=k, stamp=types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec),
+                frame_id="mic"),
+            audio=types["audio_common_msgs/msg/AudioData"](data=np.frombuffer(
+                encode_pcm(mix[k * 160:(k + 1) * 160], fmt), np.uint8)))
+        writer.write(audio, 2 + k, store.serialize_ros1(msg, AUDIO_STAMPED))
+    writer.close()
+    report = replay_bag(ReplayOptions(path, tmp_path / "out", audio_topic="/audio/audio_stamped",
+                                      **models))
+    assert report["input_drops"] == {} and report["enhanced_chunks"] >= 92
+    heard = np.concatenate([decode_pcm(m.data, AudioFormat())[:, 0]
+                            for m in topic_messages(tmp_path / "out", "/kb/audio")])
+    start = START_SAMPLE % 128  # the first chunk, on the absolute grid, begins this far before
+    np.testing.assert_allclose(heard[start:start + 90 * 128], mix[:90 * 128, 0],
+                               atol=1 / 32767)
+
+
 def test_audio_types_without_a_definition_in_the_bag_use_ours(models, tmp_path):
     """
     rosbag2 stores an empty definition for a type it cannot find on the recording machine.
