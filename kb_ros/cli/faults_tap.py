@@ -23,10 +23,14 @@ from kb_ros.transport import qos as qos_profiles
 from kb_ros.transport.dds_backend import DDS_TOPIC_PREFIX, dds_qos
 from kb_ros.transport.dds_config import DdsConfig, build_config_xml, open_participant
 from kb_ros.transport.dds_types import CODECS, WireCodec
-from kb_ros.transport.qos import QosSpec
+from kb_ros.transport.qos import QosSpec, Reliability
 
 _ANY_SAMPLE = SampleState.Any | ViewState.Any | InstanceState.Any
 TAP_DEPTH = 100_000  # 13 minutes of chunks
+# The nodes' stream writers are reliable: a reliable tap gets lost samples sent again. A
+# best-effort one (as the nodes subscribe) missed one audio chunk in a loaded run of
+# cpu_overload, failing the node for what the observer lost.
+TAP_STREAM_QOS = replace(qos_profiles.AUDIO_SUB, reliability=Reliability.RELIABLE)
 
 
 @dataclass
@@ -66,8 +70,7 @@ class WireTap:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="kb_ros-tap", daemon=True)
 
-    def record(self, msg_type: str, topic: str,
-               qos: QosSpec = qos_profiles.AUDIO_SUB) -> TapLog:
+    def record(self, msg_type: str, topic: str, qos: QosSpec = TAP_STREAM_QOS) -> TapLog:
         """
         Start keeping every sample of ``topic`` (an absolute ROS name).
 
