@@ -23,6 +23,8 @@ MAX_STAMP_NS = (2**31 - 1) * NS_PER_S
 # continue the stream: capture clocks jitter. Drivers that stamp each buffer with the time
 # they publish it (not when it was captured) jitter more and need more.
 STAMP_TOLERANCE_S = 0.005
+STAMP_TOLERANCE_RANGE_MS = (0.1, 100.0)  # what a user may set
+STAMP_TOLERANCE_FRAMES = round(STAMP_TOLERANCE_S * SAMPLE_RATE)
 
 
 def join_stamp(sec: int, nanosec: int) -> int:
@@ -99,7 +101,7 @@ class StampGuard:
     """
 
     def __init__(self, sample_rate: int = SAMPLE_RATE,
-                 tolerance_frames: int = round(STAMP_TOLERANCE_S * SAMPLE_RATE),
+                 tolerance_frames: int = STAMP_TOLERANCE_FRAMES,
                  max_gap_frames: int = SAMPLE_RATE, confirm_blocks: int = 3) -> None:
         self.sample_rate = sample_rate
         self.tolerance_frames = tolerance_frames
@@ -169,7 +171,7 @@ class Rechunker:
 
     def __init__(self, channels: int = 1, sample_rate: int = SAMPLE_RATE,
                  chunk_frames: int = CHUNK_FRAMES,
-                 gap_tolerance_frames: int = round(STAMP_TOLERANCE_S * SAMPLE_RATE),
+                 gap_tolerance_frames: int = STAMP_TOLERANCE_FRAMES,
                  max_gap_fill_frames: int = SAMPLE_RATE) -> None:
         self.channels = channels
         self.sample_rate = sample_rate
@@ -253,7 +255,7 @@ class InputChunker:
 
     def __init__(self, channels: int = 1, sample_rate: int = SAMPLE_RATE,
                  chunk_frames: int = CHUNK_FRAMES,
-                 gap_tolerance_frames: int = round(STAMP_TOLERANCE_S * SAMPLE_RATE)) -> None:
+                 gap_tolerance_frames: int = STAMP_TOLERANCE_FRAMES) -> None:
         self.chunk_frames = chunk_frames
         self.rechunker = Rechunker(channels, sample_rate, chunk_frames, gap_tolerance_frames)
 

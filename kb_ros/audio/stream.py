@@ -40,8 +40,9 @@ class PcmChunkStream:
         self.sample_rate = sample_rate
         self.chunk_frames = chunk_frames
         self.stamp_tolerance_s = stamp_tolerance_s
+        self._tolerance_frames = round(stamp_tolerance_s * sample_rate)
         self.drops: Counter = Counter()
-        self.guard = StampGuard(sample_rate, round(stamp_tolerance_s * sample_rate))
+        self.guard = StampGuard(sample_rate, self._tolerance_frames)
         self._on_drop = on_drop
         self._on_format_assumed = on_format_assumed
         self._hold_messages = hold_messages
@@ -75,7 +76,7 @@ class PcmChunkStream:
 
     def _new_chunker(self, channels: int) -> InputChunker:
         return InputChunker(channels, self.sample_rate, self.chunk_frames,
-                            round(self.stamp_tolerance_s * self.sample_rate))
+                            self._tolerance_frames)
 
     def push(self, stamp_ns: int, payload: bytes) -> list[Chunk]:
         """Decode one payload captured at ``stamp_ns``; return the chunks it completes."""

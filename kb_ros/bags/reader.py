@@ -113,8 +113,9 @@ class BagReader:
         reader = AnyReader([path], default_typestore=self.codec.store)
         reader.open()
         known = reader.typestore.fielddefs
-        reader.typestore.register({name: fields for name, fields
-                                   in self.codec.store.fielddefs.items() if name not in known})
+        if any(conn.msgtype not in known for conn in reader.connections):  # 0.1 s: only then
+            reader.typestore.register({name: fields for name, fields
+                                       in self.codec.store.fielddefs.items() if name not in known})
         return reader
 
     def _error(self, action: str, err: Exception) -> BagError:

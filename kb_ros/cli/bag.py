@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from kb_ros.audio.clock import SAMPLE_RATE
+from kb_ros.audio.clock import SAMPLE_RATE, STAMP_TOLERANCE_RANGE_MS, STAMP_TOLERANCE_S
 from kb_ros.audio.pcm import SAMPLE_FORMATS, AudioFormat
 from kb_ros.audio.resample import resampling_ratio
 from kb_ros.cli.arg_types import finite_float, topic_name
@@ -52,8 +52,9 @@ def _replay(args: argparse.Namespace) -> int:
     from kb_ros.bags.replay import ReplayOptions, replay_bag
     from kb_ros.transport.emulated_link import LinkProfile
 
-    if not 0.1 <= args.stamp_tolerance_ms <= 100.0:
-        raise ValueError(f"--stamp-tolerance-ms must be in [0.1, 100], got "
+    low, high = STAMP_TOLERANCE_RANGE_MS
+    if not low <= args.stamp_tolerance_ms <= high:
+        raise ValueError(f"--stamp-tolerance-ms must be in [{low:g}, {high:g}], got "
                          f"{args.stamp_tolerance_ms}")
     if args.graph and args.pace == "fast":
         raise ValueError("--graph replays through live processes: real time only")
@@ -178,7 +179,8 @@ def add_bag_parser(sub: argparse._SubParsersAction) -> None:
     replay.add_argument("--info-topic", type=topic_name,
                         help="the input's AudioInfo topic (default: audio_info beside "
                              "--audio-topic, or <audio topic>_info)")
-    replay.add_argument("--stamp-tolerance-ms", type=finite_float, default=5.0,
+    replay.add_argument("--stamp-tolerance-ms", type=finite_float,
+                        default=STAMP_TOLERANCE_S * 1e3,
                         help="how far a block's stamp may stray from the stream's sample count "
                              "and still continue it (the nodes' stamp_tolerance_ms; 20-30 for "
                              "drivers that stamp buffers with their publish time)")

@@ -72,9 +72,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from kb_ros.data.corpus import build_corpus
-
     from kb_ros.data import human
+    from kb_ros.data.corpus import build_corpus
 
     human_examples = args.human if args.task == "se" else 0
     if human_examples and not human.available():

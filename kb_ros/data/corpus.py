@@ -106,8 +106,7 @@ def build_corpus(out_dir: str | Path, split: str, n_examples: int, seconds: floa
         "workers": workers, "versions": versions(),
         "levels": {"snr_db": mixtures.SNR_RANGE_DB[task], "level_dbfs": mixtures.LEVEL_RANGE_DBFS,
                    "sir_db": mixtures.SIR_RANGE_DB if task == "ss" else None},
-        "split_voices": [voice.name for voice in tts.voices(
-            "test" if split == mixtures.HUMAN_SPLIT else split)],
+        "split_voices": [voice.name for voice in tts.voices(mixtures.tts_split(split))],
         "examples": metas,
     }
     if split == mixtures.HUMAN_SPLIT:

@@ -32,6 +32,11 @@ HUMAN_SPLIT = "human"  # real speech (``human``) over the test split's noises; S
 SPLITS = (*text.SPLITS, HUMAN_SPLIT)
 
 
+def tts_split(split: str) -> str:
+    """Return the TTS split whose voices and texts a split uses (the test split's for human)."""
+    return "test" if split == HUMAN_SPLIT else split
+
+
 class Example(NamedTuple):
     """One mixture ``[L]``, its target ``[L]`` (SE) or ``[2, L]`` (SS), and its recipe."""
 
@@ -154,7 +159,7 @@ def make_example(split: str, index: int, seed: int, n: int, task: str = "se",
         speech, ids = speech_track(lambda: human.utterance(speech_rng), n, speech_rng)
         talkers.append(speech)
         meta.update(voices=[human.VOICE], clip_ids=[ids])
-        split = "test"  # noises and babble talkers come from the test split
+        split = tts_split(split)  # noises and babble talkers come from the test split
     for _ in range(len(talkers), 1 if task == "se" else 2):
         voice = tts.pick_voice(split, speech_rng, tuple(meta["voices"]))
         speech, ids = speech_track(lambda: tts_sentence(voice, split, speech_rng, cache_dir), n,

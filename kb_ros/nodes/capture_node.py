@@ -85,8 +85,6 @@ class CaptureNode:
         if self._worker is not threading.current_thread():
             self._worker.join(timeout=2.0)
 
-    close = finish
-
     def _announce(self, fmt: AudioFormat) -> None:
         if fmt != self.format:
             self.format = fmt

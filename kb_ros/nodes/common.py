@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable
 
-from kb_ros.audio.clock import STAMP_TOLERANCE_S, Chunk
+from kb_ros.audio.clock import STAMP_TOLERANCE_RANGE_MS, STAMP_TOLERANCE_S, Chunk
 from kb_ros.audio.pcm import AudioFormat, PcmError
 from kb_ros.audio.stream import PcmChunkStream
 from kb_ros.transport.backend import Backend, Logger, ParamSpec
@@ -61,7 +61,7 @@ STAMP_TOLERANCE_PARAM = ParamSpec(
     "How far an audio block's header stamp may stray from where the stream's sample count puts "
     "it and still continue the stream (beyond: a gap, or a dropped block). Drivers that stamp "
     "buffers with their publish time jitter by several ms: raise it to 20-30 for them, the "
-    "same on small_node and hint_node", read_only=True, float_range=(0.1, 100.0))
+    "same on small_node and hint_node", read_only=True, float_range=STAMP_TOLERANCE_RANGE_MS)
 
 RUNTIME_PARAM = ParamSpec(
     "runtime", "auto", "How the model's step runs: auto (ONNX Runtime on CPU when it can, "
