@@ -68,25 +68,30 @@ class AudioPeer:
     """
     A participant of its own on a loopback domain, speaking to a small_node as any ROS node.
 
-    It writes ``audio``, ``hints`` and their latched ``*_info`` (any bytes, any stamps, any
-    fields) and reads ``enhanced``, all under ``namespace``.
+    It writes ``audio``, ``hints`` and their ``*_info`` (any bytes, any stamps, any fields) and
+    reads ``enhanced``, all under ``namespace``. The ``*_info`` writers are latched, or with
+    ``latched_info=False`` have a ROS 2 publisher's default QoS (reliable, volatile, depth 10).
     """
 
-    def __init__(self, domain_id: int, namespace: str = "/kb") -> None:
+    def __init__(self, domain_id: int, namespace: str = "/kb", latched_info: bool = True) -> None:
         os.environ["CYCLONEDDS_URI"] = LOOPBACK_XML
         try:
             self.participant = DomainParticipant(domain_id)
         finally:
             del os.environ["CYCLONEDDS_URI"]
         best_effort = [Policy.Reliability.BestEffort, Policy.History.KeepLast(256)]
-        latched = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
-                      Policy.Durability.TransientLocal, Policy.History.KeepLast(1))
+        if latched_info:
+            info_qos = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
+                           Policy.Durability.TransientLocal, Policy.History.KeepLast(1))
+        else:
+            info_qos = Qos(Policy.Reliability.Reliable(duration(milliseconds=100)),
+                           Policy.Durability.Volatile, Policy.History.KeepLast(10))
         hint_qos = Qos(*best_effort, Policy.Deadline(duration(milliseconds=100)),
                        Policy.Liveliness.Automatic(duration(milliseconds=500)))
         self.audio = self._writer(f"{namespace}/audio", AudioDataStamped_, Qos(*best_effort))
         self.hints = self._writer(f"{namespace}/hints", AudioDataStamped_, hint_qos)
-        self.audio_info = self._writer(f"{namespace}/audio_info", AudioInfo_, latched)
-        self.hint_info = self._writer(f"{namespace}/hint_info", AudioInfo_, latched)
+        self.audio_info = self._writer(f"{namespace}/audio_info", AudioInfo_, info_qos)
+        self.hint_info = self._writer(f"{namespace}/hint_info", AudioInfo_, info_qos)
         self.enhanced = DataReader(self.participant, Topic(
             self.participant, f"rt{namespace}/enhanced", AudioDataStamped_),
             Qos(Policy.Reliability.BestEffort, Policy.History.KeepLast(4096)))

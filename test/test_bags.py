@@ -39,6 +39,7 @@ from kb_ros.models.config import get_config
 from kb_ros.models.model import StreamingModel
 from kb_ros.resources import demo_sample_path
 from kb_ros.transport.messages import AUDIO_INFO, AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
+from kb_ros.transport.qos import QosSpec, Reliability
 
 RATE = 16000
 NS_PER_FRAME = NS_PER_S // RATE  # 62500: stamps of whole samples are exact
@@ -664,8 +665,13 @@ def test_corrupt_or_truncated_bags_fail_clearly(models, tmp_path):
     assert "kb-ros bag repair" in kb_ros("info", str(tmp_path / "unclosed")).stderr
 
 
-def _publish_audio(domain_id: int, chunks: int) -> None:
-    """Publish ``audio_info`` and ``chunks`` 8 ms chunks on /kb/audio, as capture_node does."""
+def _publish_audio(domain_id: int, chunks: int, latched_info: bool = True) -> None:
+    """
+    Publish ``audio_info`` and ``chunks`` 8 ms chunks on /kb/audio.
+
+    The info is latched and sent before the recorder joins, as capture_node does, or
+    published with ROS 2's default QoS (volatile) once it has joined, as many drivers do.
+    """
     from kb_ros.transport import qos
     from kb_ros.transport.dds_backend import DdsBackend
     from kb_ros.transport.dds_config import DdsConfig, build_config_xml
@@ -675,12 +681,17 @@ def _publish_audio(domain_id: int, chunks: int) -> None:
                          DdsConfig(domain_id, build_config_xml(), "loopback only"))
     try:
         audio = backend.create_publisher(AUDIO_STAMPED, "audio", qos.AUDIO_PUB)
-        backend.create_publisher(AUDIO_INFO, "audio_info", qos.INFO_PUB).publish(AudioInfoMsg())
+        info = backend.create_publisher(AUDIO_INFO, "audio_info", qos.INFO_PUB if latched_info
+                                        else QosSpec(Reliability.RELIABLE, depth=10))
+        if latched_info:
+            info.publish(AudioInfoMsg())
         deadline = time.monotonic() + 30
         while audio.matched_count() < 1:
             assert time.monotonic() < deadline, "the recorder never subscribed"
             time.sleep(0.05)
         time.sleep(0.3)  # let the latched info reach the recorder too
+        if not latched_info:
+            info.publish(AudioInfoMsg())
         for k in range(chunks):
             audio.publish(AudioChunkMsg(START_SAMPLE * NS_PER_FRAME + k * 8_000_000,
                                         bytes(512), "mic"))
@@ -716,19 +727,21 @@ def test_killed_recording_keeps_every_flushed_message(storage, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_interrupted_recording_is_a_complete_bag(tmp_path):
-    domain_id = 100 + (os.getpid() + 2) % 100
+@pytest.mark.parametrize("latched_info", [True, False], ids=["latched_info", "volatile_info"])
+def test_interrupted_recording_is_a_complete_bag(tmp_path, latched_info):
+    domain_id = 100 + (os.getpid() + 2 + latched_info) % 100
     bag = tmp_path / "rec"
     recorder = subprocess.Popen(
         [sys.executable, "-m", "kb_ros.cli.main", "bag", "record", "-o", str(bag), "--json"],
         env=dict(os.environ, ROS_DOMAIN_ID=str(domain_id)), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
-    _publish_audio(domain_id, 50)
+    _publish_audio(domain_id, 50, latched_info)
     time.sleep(0.3)
     recorder.send_signal(signal.SIGINT)
     out, err = recorder.communicate(timeout=20)
     assert recorder.returncode == 0, err
-    assert json.loads(out)["counts"]["/kb/audio"] == 50
+    counts = json.loads(out)["counts"]
+    assert counts["/kb/audio"] == 50 and counts["/kb/audio_info"] == 1  # heard, and once
     with BagReader(bag) as reader:
         assert reader.topics["/kb/audio"].count == 50
         assert reader.topics["/kb/enhanced_info"].qos[0].durability.name == "TRANSIENT_LOCAL"

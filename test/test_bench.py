@@ -57,6 +57,8 @@ def test_report_has_the_documented_keys_with_finite_values(bench: tuple[dict, Pa
     assert isinstance(machine["cpu_model"], str) and machine["cpu_model"]
     assert isinstance(machine["cores"], int) and machine["cores"] >= 1
     assert isinstance(machine["torch"], str) and machine["torch"]
+    assert len(machine["steal_pct"]) == 6  # one share per section, each a % or unknown
+    assert all(pct is None or 0 <= pct <= 100 for pct in machine["steal_pct"].values())
     for key in PERCENTILE_KEYS:
         row = report[key]
         assert 0 < row["p50"] <= row["p99"], key
@@ -70,7 +72,11 @@ def test_report_has_the_documented_keys_with_finite_values(bench: tuple[dict, Pa
         assert isinstance(report["hint_server_max_streams"], int)
         assert report["hint_server_max_streams"] >= 0
     assert set(report["targets"]) == {"boosted_compute_p99_ms", "small_node_cpu_pct",
-                                      "e2e_extra_latency_p99_ms"}
+                                      "e2e_extra_latency_p99_ms", "hint_server_max_streams"}
+    for target in report["targets"].values():
+        below = target["measured"] < target["target"]
+        reach = target["measured"] >= target["target"]
+        assert target["met"] == (below if target["sense"] == "below" else reach)
 
 
 @pytest.mark.timeout(900)

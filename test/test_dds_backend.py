@@ -63,6 +63,10 @@ def subscribe(spec):
         emit("msg", tag=spec["tag"], msg=dataclasses.asdict(msg))
         if received == cfg.get("stop_after"):
             backend.shutdown()
+    if spec.get("info"):  # the pair of *_info subscriptions the nodes make
+        from kb_ros.transport.backend import subscribe_info
+        subs.extend((spec["tag"], sub) for sub in subscribe_info(backend, spec["topic"], on_msg))
+        return
     subs.append((spec["tag"], backend.create_subscription(
         spec["type"], spec["topic"], on_msg, make_qos(spec["qos"]),
         on_deadline_missed=lambda: emit("deadline", tag=spec["tag"]),
@@ -263,6 +267,34 @@ def test_latched_info_reaches_a_late_joiner(nodes: Any, domain_id: int) -> None:
                                        "topic": "audio_info", "qos": "INFO_SUB"}]}, domain_id)
     sub.expect("done")
     assert [e["msg"] for e in sub.of("msg")] == [info]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("writer_qos", ["INFO_PUB", {**RELIABLE, "depth": 10}],
+                         ids=["latched_writer", "ros2_default_writer"])
+def test_info_subscriptions_hear_any_publisher_once(nodes: Any, domain_id: int,
+                                                    writer_qos: Any) -> None:
+    """
+    ``subscribe_info`` hears latched publishers and ROS 2 default (volatile) ones alike.
+
+    A latched subscription alone never matches a volatile publisher. Each message is handled
+    once, though a latched publisher reaches both subscriptions, and a repeated one again.
+    """
+    infos = [{"channels": channels, "sample_rate": 48000, "sample_format": "S16LE",
+              "bitrate": 0, "coding_format": "wave"} for channels in (1, 2, 2)]
+    sub = nodes(SUB_SCRIPT, {"node": "listener", "duration": 4, "subs": [
+        {"tag": "info", "info": True, "topic": "audio_info"}]}, domain_id)
+    sub.expect("ready")
+    pub = nodes(PUB_SCRIPT, {"node": "capture", "type": "audio_common_msgs/msg/AudioInfo",
+                             "topic": "audio_info", "qos": writer_qos, "msgs": infos,
+                             "wait_go": True}, domain_id)
+    pub.expect("matched")
+    sub.expect("matched")
+    time.sleep(0.3)  # both subscriptions of a latched writer matched, not only the first
+    pub.send("go")
+    pub.expect("published")
+    sub.expect("done")
+    assert [e["msg"] for e in sub.of("msg")] == infos
 
 
 @pytest.mark.timeout(60)

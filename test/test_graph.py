@@ -146,13 +146,20 @@ def test_independent_dds_peer_gets_one_enhanced_chunk_per_input(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_a_48khz_microphone_gets_one_16khz_chunk_per_8_ms_block(tmp_path):
-    """An independent peer announces 48 kHz S16LE and sends 384-frame blocks to small_node."""
-    dom = domain_id(3)
+@pytest.mark.parametrize("latched_info", [True, False], ids=["latched_info", "volatile_info"])
+def test_a_48khz_microphone_gets_one_16khz_chunk_per_8_ms_block(tmp_path, latched_info):
+    """
+    An independent peer announces 48 kHz S16LE and sends 384-frame blocks to small_node.
+
+    Its ``audio_info`` is latched, or published with ROS 2's default QoS (volatile), which a
+    latched subscription alone never matches: the format would go unheard and the S16LE
+    blocks be read as the default F32LE.
+    """
+    dom = domain_id(3 if latched_info else 4)
     with LocalGraph(dom, log_dir=tmp_path) as graph:
         node = graph.start("small_node", use_hints=False)
         graph.wait_ready(120)
-        peer = AudioPeer(dom)
+        peer = AudioPeer(dom, latched_info=latched_info)
         peer.wait_matched()
         peer.announce(peer.audio_info, sample_rate=48000, sample_format="S16LE")
         time.sleep(0.3)

@@ -9,6 +9,7 @@ most that much, and ``kb-ros bag repair`` recovers the rest. SIGINT/SIGTERM clos
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import Counter
@@ -18,8 +19,10 @@ from typing import Any
 
 from kb_ros.bags.topics import offered_qos, subscription_qos, topic_type
 from kb_ros.bags.writer import BagWriter
+from kb_ros.transport.backend import subscribe_info
 from kb_ros.transport.dds_backend import DdsBackend
 from kb_ros.transport.dds_config import DdsConfig, resolve_config
+from kb_ros.transport.messages import AUDIO_INFO
 from kb_ros.transport.ros_args import RosArgs
 
 NODE_NAME = "kb_bag_recorder"
@@ -60,9 +63,12 @@ class BagRecorder:
             for topic in self.topics:
                 msg_type = topic_type(topic)
                 self.writer.add_topic(topic, msg_type, offered_qos(topic))
-                self.backend.create_subscription(
-                    msg_type, topic, lambda msg, topic=topic: self._keep(topic, msg),
-                    subscription_qos(topic))
+                keep = functools.partial(self._keep, topic)
+                if msg_type == AUDIO_INFO:  # latched or not, as the publisher chose
+                    subscribe_info(self.backend, topic, keep)
+                else:
+                    self.backend.create_subscription(msg_type, topic, keep,
+                                                     subscription_qos(topic))
             self.backend.create_timer(opts.flush_s, self.writer.flush)
             if opts.duration_s is not None:
                 self.backend.create_timer(opts.duration_s, self.backend.shutdown)

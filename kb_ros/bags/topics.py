@@ -39,7 +39,12 @@ def offered_qos(topic: str) -> QosSpec:
 
 
 def subscription_qos(topic: str) -> QosSpec:
-    """Return a QoS matching the kb_ros publisher of ``topic`` (latched topics stay latched)."""
+    """
+    Return a QoS matching the kb_ros publisher of ``topic`` (latched topics stay latched).
+
+    Alone it does not hear a foreign ``*_info`` publisher that is not latched: recording from
+    any publisher takes ``transport.backend.subscribe_info``.
+    """
     kind = topic_type(topic)
     if kind == DIAGNOSTIC_ARRAY:
         return qos.DIAGNOSTICS

@@ -65,6 +65,7 @@ class CatchUp:
         self._delay = np.zeros((delay_frames, 1), np.float32)
         self._block_minima: deque[float] = deque(maxlen=max(1, round(window_s)))
         self._block_min = float("inf")
+        self._past_min = float("inf")  # the least of _block_minima
         self._block_count = 0
         self._bypassing = False
         self._input_power = 0.0  # smoothed, of the (delayed) input the model ran on
@@ -72,9 +73,7 @@ class CatchUp:
         self._model_input: np.ndarray | None = None  # the chunk the model is running on
 
     def _lag_ms(self, latency_ms: float) -> float:
-        best = min(self._block_min, *self._block_minima) if self._block_minima \
-            else self._block_min
-        return latency_ms - best
+        return latency_ms - min(self._block_min, self._past_min)
 
     def bypass(self, chunk: np.ndarray, latency_ms: float) -> np.ndarray | None:
         """
@@ -87,6 +86,7 @@ class CatchUp:
         self._block_count += 1
         if self._block_count == BLOCK_CHUNKS:
             self._block_minima.append(self._block_min)
+            self._past_min = min(self._block_minima)
             self._block_min, self._block_count = float("inf"), 0
         mono = adapt_channels(chunk, 1)
         delayed = np.concatenate([self._delay, mono])
@@ -117,9 +117,12 @@ class CatchUp:
     def published(self, output: np.ndarray, latency_ms: float) -> None:
         """Take note of a published chunk: the model's fit, and a deadline miss if it is late."""
         if self._model_input is not None:
-            x, y = self._model_input, output.mean(axis=1, keepdims=True)
-            self._input_power += FIT_SMOOTHING * (float(np.mean(x * x)) - self._input_power)
-            self._cross_power += FIT_SMOOTHING * (float(np.mean(x * y)) - self._cross_power)
+            x, y = self._model_input, adapt_channels(output, 1)
+            frames = len(x)
+            self._input_power += FIT_SMOOTHING * (float(np.vdot(x, x)) / frames
+                                                  - self._input_power)
+            self._cross_power += FIT_SMOOTHING * (float(np.vdot(x, y)) / frames
+                                                  - self._cross_power)
         lag = self._lag_ms(latency_ms)
         self.counters.max_lag_ms = max(self.counters.max_lag_ms, round(lag, 2))
         if lag > self.deadline_ms:

@@ -20,7 +20,7 @@ import numpy as np
 from kb_ros.audio.clock import CHUNK_FRAMES, SAMPLE_RATE, NS_PER_S
 from kb_ros.audio.pcm import AudioFormat, NonFiniteError, PcmError, decode_pcm
 from kb_ros.audio.stream import MAX_PAYLOAD_BYTES
-from kb_ros.boosting.limiter import ENERGY_FLOOR_DBFS, db_to_power, split_energy
+from kb_ros.boosting.limiter import ENERGY_FLOOR_DBFS, db_to_power, loudest_energy, split_energy
 from kb_ros.models.filterbank import OUTPUT_DELAY_SAMPLES
 
 DEFAULT_HINT_ENERGY_MARGIN_DB = 10.0
@@ -239,7 +239,7 @@ class HintMatcher:
         """Return True if a hint is louder than its input by more than the margin."""
         if self._energy_ratio is None:
             return False
-        loudest = float(np.einsum("fs,fs->s", audio, audio).max()) / len(audio)
+        loudest = loudest_energy(audio) / len(audio)
         allowed = max(self._input_power[stamp_ns], self._floor_power) * self._energy_ratio
         return loudest > allowed
 

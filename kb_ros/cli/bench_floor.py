@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -20,8 +21,47 @@ import numpy as np
 from kb_ros.audio.clock import CHUNK_MS
 from kb_ros.cli.bench_stats import Samples, percentiles, time_calls
 
+PROC_STAT = Path("/proc/stat")
+BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user, nice, system, irq, softirq, steal of the "cpu" line
+STEAL_FIELD = 7
 WORK_MATRICES = 200  # 64 x 64 float32 products per call: about 0.7 ms here, a kb step's size
 WORK_SIZE = 64
+
+
+class StealMeter:
+    """
+    Steal time per section, from ``/proc/stat``; None where the kernel does not report it.
+
+    Steal is the share of the time this machine's CPUs wanted to run that the hypervisor gave
+    to other guests: why a virtual machine's wall times vary from run to run.
+    """
+
+    def __init__(self) -> None:
+        self.sections: dict[str, float | None] = {}
+        self._section = ""
+        self._start: list[int] | None = None
+
+    @staticmethod
+    def _read() -> list[int] | None:
+        try:
+            fields = PROC_STAT.read_text().split("\n", 1)[0].split()[1:]
+            return [int(value) for value in fields]
+        except (OSError, ValueError):
+            return None
+
+    def start(self, section: str) -> None:
+        """Open ``section``: steal time counts from now until ``stop``."""
+        self._section, self._start = section, self._read()
+
+    def stop(self) -> None:
+        """Close the open section and keep its steal share (%)."""
+        end, start = self._read(), self._start
+        share = None
+        if start is not None and end is not None and len(end) > STEAL_FIELD:
+            delta = [b - a for a, b in zip(start, end)]
+            busy = sum(delta[i] for i in BUSY_FIELDS)
+            share = round(100 * delta[STEAL_FIELD] / busy, 2) if busy > 0 else 0.0
+        self.sections[self._section] = share
 
 
 def wakeup_lateness_ms(ticks: int) -> list[float]:

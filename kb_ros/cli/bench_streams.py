@@ -31,6 +31,7 @@ from kb_ros.audio.wav import read_wav
 from kb_ros.boosting.batched_engine import BatchedEngine
 from kb_ros.boosting.hint_server import HintServer
 from kb_ros.cli.arg_types import finite_float
+from kb_ros.cli.bench_ops import op_profile
 from kb_ros.models.shipped import load_model_and_manifest
 from kb_ros.resources import demo_sample_path
 
@@ -241,12 +242,14 @@ def bench_hint_server(max_streams: int, seconds: float, progress: Any = None, *,
     model, manifest = load_model_and_manifest(MODEL)
     engine = BatchedEngine(model, max_streams, threads=threads, device=device)
     cost = batch_cost(engine, max_streams, COST_STEPS)
+    ops = ([op_profile(model, batch, COST_STEPS) for batch in (1, max_streams)]
+           if max_streams > 1 else [])
     _notify(progress, "batched step cost measured")
     return {
         "chunk_ms": CHUNK_MS, "seconds_per_run": seconds, "model": manifest["model_id"],
         "threads_per_process": threads, "cpu_count": os.cpu_count(), "device": device,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "batch_cost": cost,
+        "batch_cost": cost, "op_profile": [profile for profile in ops if profile],
         "max_streams_cpu_bound": max((row["batch"] for row in cost if row["within_chunk"]),
                                      default=0),
         "batched": _sweep("batched", max_streams,

@@ -32,7 +32,8 @@ from kb_ros.nodes.common import (ERROR, OK, RUNTIME_PARAM, STAMP_TOLERANCE_PARAM
                                  declare_all, log_runtime)
 from kb_ros.nodes.runner import run_node
 from kb_ros.transport import qos
-from kb_ros.transport.backend import Backend, DiagnosticReport, Logger, ParamSpec, Publisher
+from kb_ros.transport.backend import (Backend, DiagnosticReport, Logger, ParamSpec, Publisher,
+                                      subscribe_info)
 from kb_ros.transport.messages import AUDIO_INFO, AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
 from kb_ros.transport.ros_args import expand_topic_name
 
@@ -151,10 +152,9 @@ class HintNode:
                               RateMeter(self.backend.now_ns))
         self.backend.create_publisher(AUDIO_INFO, stream_topic(stream, "hint_info"),
                                       qos.INFO_PUB).publish(info)
-        self.backend.create_subscription(
-            AUDIO_INFO, stream_topic(stream, "audio_info"),
-            lambda msg: self._queue(index, adopt_format(device.input, msg, "audio_info")),
-            qos.INFO_SUB)
+        subscribe_info(
+            self.backend, stream_topic(stream, "audio_info"),
+            lambda msg: self._queue(index, adopt_format(device.input, msg, "audio_info")))
         self.backend.create_subscription(
             AUDIO_STAMPED, stream_topic(stream, "audio"),
             lambda msg: self.on_audio(index, msg), qos.AUDIO_SUB)

@@ -26,7 +26,8 @@ from kb_ros.bags.convert import MessageCodec
 from kb_ros.nodes.common import OK, WARN, DropLog, declare_all
 from kb_ros.nodes.runner import run_node
 from kb_ros.transport import qos
-from kb_ros.transport.backend import Backend, DiagnosticReport, ParamSpec, Publisher
+from kb_ros.transport.backend import (Backend, DiagnosticReport, ParamSpec, Publisher,
+                                      subscribe_info)
 from kb_ros.transport.emulated_link import EmulatedLink, LinkProfile
 from kb_ros.transport.messages import AUDIO_INFO, AUDIO_STAMPED, AudioChunkMsg
 
@@ -90,8 +91,7 @@ MSG_TYPES = {"audio": AUDIO_STAMPED, "audio_info": AUDIO_INFO,
 LATCHED = {"audio_info", "hint_info"}  # re-sent on every (re)connection
 PUB_QOS = {"audio": qos.AUDIO_PUB, "audio_info": qos.INFO_PUB,
            "hints": qos.HINT_PUB, "hint_info": qos.INFO_PUB}
-SUB_QOS = {"audio": qos.AUDIO_SUB, "audio_info": qos.INFO_SUB,
-           "hints": qos.AUDIO_SUB, "hint_info": qos.INFO_SUB}
+SUB_QOS = {"audio": qos.AUDIO_SUB, "hints": qos.AUDIO_SUB}  # the *_info: subscribe_info
 
 
 class EmulatedLinkNode:
@@ -113,10 +113,8 @@ class EmulatedLinkNode:
         audio_info_out = backend.create_publisher(AUDIO_INFO, f"{remote}/audio_info",
                                                   qos.INFO_PUB)
         hint_info_out = backend.create_publisher(AUDIO_INFO, "hint_info", qos.INFO_PUB)
-        backend.create_subscription(AUDIO_INFO, "audio_info", audio_info_out.publish,
-                                    qos.INFO_SUB)
-        backend.create_subscription(AUDIO_INFO, f"{remote}/hint_info", hint_info_out.publish,
-                                    qos.INFO_SUB)
+        subscribe_info(backend, "audio_info", audio_info_out.publish)
+        subscribe_info(backend, f"{remote}/hint_info", hint_info_out.publish)
         backend.create_subscription(AUDIO_STAMPED, "audio", self.on_audio, qos.AUDIO_SUB)
         backend.create_subscription(AUDIO_STAMPED, f"{remote}/hints", self.on_hint,
                                     qos.AUDIO_SUB)
@@ -176,11 +174,14 @@ class BridgeRelay:
               send: Callable[[str, bytes, bool], None]) -> None:
         """Send each outbound kind's topic ``prefix + kind`` to ``peer``; publish its inbound."""
         for kind in outbound:
-            self.backend.create_subscription(
-                MSG_TYPES[kind], prefix + kind,
-                lambda msg, kind=kind: send(kind, self.codec.serialize(MSG_TYPES[kind], msg),
-                                            kind in LATCHED),
-                SUB_QOS[kind])
+            def forward(msg: Any, kind: str = kind) -> None:
+                send(kind, self.codec.serialize(MSG_TYPES[kind], msg), kind in LATCHED)
+
+            if MSG_TYPES[kind] == AUDIO_INFO:
+                subscribe_info(self.backend, prefix + kind, forward)
+            else:
+                self.backend.create_subscription(MSG_TYPES[kind], prefix + kind, forward,
+                                                 SUB_QOS[kind])
         self.publishers[peer] = {
             kind: self.backend.create_publisher(MSG_TYPES[kind], prefix + kind, PUB_QOS[kind])
             for kind in inbound}

@@ -17,8 +17,8 @@ from kb_ros.audio.pcm import AudioFormat, PcmError, decode_pcm, encode_pcm
 from kb_ros.nodes.common import DropLog, declare_all
 from kb_ros.nodes.runner import run_node
 from kb_ros.transport import qos
-from kb_ros.transport.backend import Backend, ParamSpec
-from kb_ros.transport.messages import AUDIO_INFO, AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
+from kb_ros.transport.backend import Backend, ParamSpec, subscribe_info
+from kb_ros.transport.messages import AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
 
 MAX_GAP_CHUNKS = 125
 
@@ -44,7 +44,7 @@ class PlaybackNode:
         self._sink = None
         if self.params["sink"] == "wav":
             check_writable(Path(self.params["wav"]))
-        backend.create_subscription(AUDIO_INFO, "enhanced_info", self.on_info, qos.INFO_SUB)
+        subscribe_info(backend, "enhanced_info", self.on_info)
         backend.create_subscription(AUDIO_STAMPED, "enhanced", self.on_chunk, qos.AUDIO_SUB)
         self.log.info(f"ready: {self.params['sink']} sink")
 

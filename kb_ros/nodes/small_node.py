@@ -24,7 +24,7 @@ from kb_ros.nodes.common import (ERROR, OK, RUNTIME_PARAM, STAMP_TOLERANCE_PARAM
                                  declare_all, log_runtime)
 from kb_ros.nodes.runner import run_node
 from kb_ros.transport import qos
-from kb_ros.transport.backend import Backend, DiagnosticReport, ParamSpec
+from kb_ros.transport.backend import Backend, DiagnosticReport, ParamSpec, subscribe_info
 from kb_ros.transport.messages import AUDIO_INFO, AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
 
 
@@ -108,8 +108,8 @@ class SmallNode:
         self.enhanced_pub = backend.create_publisher(AUDIO_STAMPED, "enhanced", qos.AUDIO_PUB)
         info_pub = backend.create_publisher(AUDIO_INFO, "enhanced_info", qos.INFO_PUB)
         info_pub.publish(AudioInfoMsg.from_format(self.out_format))
-        backend.create_subscription(AUDIO_INFO, "audio_info", self.on_audio_info, qos.INFO_SUB)
-        backend.create_subscription(AUDIO_INFO, "hint_info", self.on_hint_info, qos.INFO_SUB)
+        subscribe_info(backend, "audio_info", self.on_audio_info)
+        subscribe_info(backend, "hint_info", self.on_hint_info)
         backend.create_subscription(AUDIO_STAMPED, "hints", self.on_hint, qos.HINT_SUB,
                                     on_deadline_missed=self.on_hints_stalled,
                                     on_liveliness_changed=self.on_hint_providers,

@@ -7,9 +7,12 @@ Both the standalone Cyclone DDS backend and the rclpy backend implement it; node
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from kb_ros.transport import qos
+from kb_ros.transport.messages import AUDIO_INFO
 from kb_ros.transport.qos import QosSpec
 
 
@@ -139,3 +142,46 @@ class Backend(Protocol):
         """
 
     def shutdown(self) -> None: ...
+
+
+class _OnceFromBoth:
+    """
+    Forward messages from two subscriptions of one topic, each message once.
+
+    A latched publisher's messages reach both subscriptions (the latched one also gets what
+    was sent before it joined). A message that one subscription delivered waits here for its
+    twin from the other, which is dropped; messages the other passed over to get there (the
+    history it never saw) wait no more. A message with no twin pending is new, so repeats
+    from a publisher that only one subscription matches all pass.
+    """
+
+    def __init__(self, callback: Callable[[Any], None], pending: int = 16) -> None:
+        self._callback = callback
+        self._pending: tuple[deque[Any], deque[Any]] = (deque(maxlen=pending),
+                                                        deque(maxlen=pending))
+
+    def source(self, index: int) -> Callable[[Any], None]:
+        """Return the callback of subscription ``index`` (0 or 1)."""
+        return lambda msg: self._deliver(msg, index)
+
+    def _deliver(self, msg: Any, index: int) -> None:
+        others = self._pending[1 - index]
+        if msg in others:
+            while others.popleft() != msg:
+                pass
+            return
+        self._pending[index].append(msg)
+        self._callback(msg)
+
+
+def subscribe_info(backend: Backend, topic: str, callback: Callable[[Any], None]
+                   ) -> tuple[Any, Any]:
+    """
+    Subscribe an ``*_info`` topic so that latched and volatile publishers are both heard.
+
+    The latched subscription gets a format announced before this node joined; the volatile
+    one hears publishers the latched one cannot match (``qos.INFO_LIVE_SUB``). Returns both.
+    """
+    both = _OnceFromBoth(callback)
+    return (backend.create_subscription(AUDIO_INFO, topic, both.source(0), qos.INFO_SUB),
+            backend.create_subscription(AUDIO_INFO, topic, both.source(1), qos.INFO_LIVE_SUB))

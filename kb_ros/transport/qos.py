@@ -34,6 +34,9 @@ class QosSpec:
     deadline_ms: float | None = None
     liveliness_lease_ms: float | None = None
     lifespan_ms: float | None = None
+    # Under rclpy: tells apart the ``qos_overrides`` parameters of a second endpoint of one kind
+    # on one topic (``...subscription_<override_id>.reliability``); None for the first.
+    override_id: str | None = None
 
 
 # Publishers keep 32 chunks (256 ms); subscribers queue up to 1 s, so a consumer that stalls
@@ -41,7 +44,13 @@ class QosSpec:
 AUDIO_PUB = QosSpec(Reliability.RELIABLE, Durability.VOLATILE, depth=32)
 AUDIO_SUB = QosSpec(Reliability.BEST_EFFORT, Durability.VOLATILE, depth=125)
 INFO_PUB = QosSpec(Reliability.RELIABLE, Durability.TRANSIENT_LOCAL, depth=1)
-INFO_SUB = QosSpec(Reliability.RELIABLE, Durability.TRANSIENT_LOCAL, depth=1)
+INFO_SUB = QosSpec(Reliability.RELIABLE, Durability.TRANSIENT_LOCAL, depth=4)
+# DDS matches INFO_SUB with latched publishers only: a ROS 2 node publishing its ``*_info`` with
+# the default QoS (VOLATILE) goes unheard by it. This subscription hears any publisher, from
+# the message it sends after joining (``backend.subscribe_info`` takes both). Both queue the
+# same depth, so a burst from a latched publisher reaches both whole and pairs up.
+INFO_LIVE_SUB = QosSpec(Reliability.BEST_EFFORT, Durability.VOLATILE, depth=INFO_SUB.depth,
+                        override_id="live")
 # Hints: a deadline reports "hints stalled", a liveliness lease reports "provider gone".
 # Neither changes output timing; they only switch the node's reported state.
 # A reader requesting a deadline/lease matches only writers offering one at least as strict,

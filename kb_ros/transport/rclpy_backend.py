@@ -131,7 +131,7 @@ def _qos_overriding_options(spec: QosSpec) -> Any:
         kinds.append(QoSPolicyKind.DEADLINE)
     if spec.liveliness_lease_ms is not None:
         kinds.append(QoSPolicyKind.LIVELINESS_LEASE_DURATION)
-    return QoSOverridingOptions(kinds)
+    return QoSOverridingOptions(kinds, entity_id=spec.override_id)
 
 
 class RclpyBackend:
