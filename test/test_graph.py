@@ -23,7 +23,9 @@ from kb_ros.cli.graph import LocalGraph
 from kb_ros.cli.recorder import TopicRecorder
 from kb_ros.transport.messages import AUDIO_STAMPED, DIAGNOSTIC_ARRAY
 from kb_ros.transport import qos
-from ros_peer import LOOPBACK_XML, AudioData_, AudioDataStamped_, AudioPeer, Header_, Time_
+from kb_ros.nodes.common import INFO_REPEAT_S
+from ros_peer import (LOOPBACK_XML, AudioData_, AudioDataStamped_, AudioInfo_, AudioPeer, Header_,
+                      Time_)
 
 CHUNK_NS = 8_000_000
 
@@ -153,7 +155,8 @@ def test_a_48khz_microphone_gets_one_16khz_chunk_per_8_ms_block(tmp_path, latche
 
     Its ``audio_info`` is latched, or published with ROS 2's default QoS (volatile), which a
     latched subscription alone never matches: the format would go unheard and the S16LE
-    blocks be read as the default F32LE.
+    blocks be read as the default F32LE. Such a peer's own late, volatile subscription to
+    ``enhanced_info`` gets no history: it learns the format from small_node's repeats.
     """
     dom = domain_id(3 if latched_info else 4)
     with LocalGraph(dom, log_dir=tmp_path) as graph:
@@ -171,7 +174,19 @@ def test_a_48khz_microphone_gets_one_16khz_chunk_per_8_ms_block(tmp_path, latche
             peer.send(peer.audio, stamp, audio[384 * k:384 * (k + 1)].tobytes())
             time.sleep(0.004)
         stamps = peer.collect(len(sent), timeout_s=20)
+        infos = []
+        if not latched_info:
+            late = DataReader(peer.participant, Topic(peer.participant, "rt/kb/enhanced_info",
+                                                      AudioInfo_),
+                              Qos(Policy.Reliability.Reliable(10**8), Policy.History.KeepLast(10)))
+            deadline = time.monotonic() + INFO_REPEAT_S + 3
+            while not infos and time.monotonic() < deadline:
+                infos = [m for m in late.take(N=10) if m.sample_info.valid_data]
+                time.sleep(0.05)
         codes = graph.stop()
     assert codes["small_node"] == 0 and not any("Traceback" in line for line in node.lines)
     assert stamps == sent
     assert all(len(m.audio.data) == 128 * 4 for m in peer.received)  # 16 kHz F32LE chunks
+    if not latched_info:
+        assert [(i.sample_rate, i.channels, i.sample_format) for i in infos[:1]] == [
+            (16000, 1, "F32LE")]

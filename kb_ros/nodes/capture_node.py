@@ -19,11 +19,11 @@ from kb_ros.audio.clock import CHUNK_FRAMES, SAMPLE_RATE, ChunkClock
 from kb_ros.audio.pcm import AudioFormat, encode_pcm
 from kb_ros.audio.wav import read_wav
 from kb_ros.resources import demo_sample_path
-from kb_ros.nodes.common import declare_all
+from kb_ros.nodes.common import InfoAnnouncer, declare_all
 from kb_ros.nodes.runner import run_node
 from kb_ros.transport import qos
 from kb_ros.transport.backend import Backend, ParamSpec
-from kb_ros.transport.messages import AUDIO_INFO, AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
+from kb_ros.transport.messages import AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
 
 PARAMS = [
     ParamSpec("source", "file", "file: stream a WAV file; mic: capture with sounddevice",
@@ -63,7 +63,7 @@ class CaptureNode:
         self.log = backend.get_logger()
         self.params = declare_all(backend, PARAMS)
         self.audio_pub = backend.create_publisher(AUDIO_STAMPED, "audio", qos.AUDIO_PUB)
-        self.info_pub = backend.create_publisher(AUDIO_INFO, "audio_info", qos.INFO_PUB)
+        self.info = InfoAnnouncer(backend, "audio_info")
         self.published = 0
         self.exit_code = 0
         self.source_failures = 0
@@ -88,7 +88,7 @@ class CaptureNode:
     def _announce(self, fmt: AudioFormat) -> None:
         if fmt != self.format:
             self.format = fmt
-            self.info_pub.publish(AudioInfoMsg.from_format(fmt))
+            self.info.announce(AudioInfoMsg.from_format(fmt))
 
     def _publish(self, clock: ChunkClock, index: int, chunk: np.ndarray) -> None:
         assert self.format is not None

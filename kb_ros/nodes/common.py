@@ -8,8 +8,9 @@ from typing import Any, Callable
 from kb_ros.audio.clock import STAMP_TOLERANCE_RANGE_MS, STAMP_TOLERANCE_S, Chunk
 from kb_ros.audio.pcm import AudioFormat, PcmError
 from kb_ros.audio.stream import PcmChunkStream
+from kb_ros.transport import qos
 from kb_ros.transport.backend import Backend, Logger, ParamSpec
-from kb_ros.transport.messages import AudioInfoMsg
+from kb_ros.transport.messages import AUDIO_INFO, AudioInfoMsg
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 
@@ -103,6 +104,34 @@ def declare_all(backend: Backend, specs: list[ParamSpec]) -> dict[str, Any]:
     values = {spec.name: backend.declare(spec) for spec in specs}
     backend.on_parameter_set(values.__setitem__)
     return values
+
+
+INFO_REPEAT_S = 5.0  # as audio_capture sends its audio_info again
+
+
+class InfoAnnouncer:
+    """
+    A node's ``*_info`` publisher: latched, and the latest info sent again every few seconds.
+
+    Latching serves subscribers that ask for it; the repeats serve late subscribers that do not
+    (a ROS 2 default subscription is volatile: DDS sends it no history), as audio_capture does.
+    """
+
+    def __init__(self, backend: Backend, topic: str, info: AudioInfoMsg | None = None) -> None:
+        self._publisher = backend.create_publisher(AUDIO_INFO, topic, qos.INFO_PUB)
+        self.info: AudioInfoMsg | None = None
+        if info is not None:
+            self.announce(info)
+        backend.create_timer(INFO_REPEAT_S, self._repeat)
+
+    def announce(self, info: AudioInfoMsg) -> None:
+        """Publish ``info`` now; it is the one repeated from now on."""
+        self.info = info
+        self._publisher.publish(info)
+
+    def _repeat(self) -> None:
+        if self.info is not None:
+            self._publisher.publish(self.info)
 
 
 def adopt_format(stream: PcmChunkStream, msg: AudioInfoMsg, topic: str) -> list[Chunk]:

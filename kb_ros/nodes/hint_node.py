@@ -28,13 +28,13 @@ from kb_ros.boosting.hint_format import (DEFAULT_HINT_FORMAT, HINT_FORMATS, Hint
 from kb_ros.boosting.hint_server import HintServer, StreamCounters
 from kb_ros.models.shipped import load_model_and_manifest
 from kb_ros.nodes.common import (ERROR, OK, RUNTIME_PARAM, STAMP_TOLERANCE_PARAM, WARN, DropLog,
-                                 RateMeter, adopt_format, audio_input, compute_budget_params,
-                                 declare_all, log_runtime)
+                                 InfoAnnouncer, RateMeter, adopt_format, audio_input,
+                                 compute_budget_params, declare_all, log_runtime)
 from kb_ros.nodes.runner import run_node
 from kb_ros.transport import qos
 from kb_ros.transport.backend import (Backend, DiagnosticReport, Logger, ParamSpec, Publisher,
                                       subscribe_info)
-from kb_ros.transport.messages import AUDIO_INFO, AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
+from kb_ros.transport.messages import AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
 from kb_ros.transport.ros_args import expand_topic_name
 
 MAX_STREAMS = 64
@@ -150,8 +150,7 @@ class HintNode:
                               self.backend.create_publisher(
                                   AUDIO_STAMPED, stream_topic(stream, "hints"), qos.HINT_PUB),
                               RateMeter(self.backend.now_ns))
-        self.backend.create_publisher(AUDIO_INFO, stream_topic(stream, "hint_info"),
-                                      qos.INFO_PUB).publish(info)
+        InfoAnnouncer(self.backend, stream_topic(stream, "hint_info"), info)
         subscribe_info(
             self.backend, stream_topic(stream, "audio_info"),
             lambda msg: self._queue(index, adopt_format(device.input, msg, "audio_info")))

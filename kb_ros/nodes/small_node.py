@@ -20,12 +20,12 @@ from kb_ros.boosting.stats import LatencyStats
 from kb_ros.models.filterbank import OUTPUT_DELAY_SAMPLES
 from kb_ros.models.shipped import load_model_and_manifest
 from kb_ros.nodes.common import (ERROR, OK, RUNTIME_PARAM, STAMP_TOLERANCE_PARAM, WARN, DropLog,
-                                 RateMeter, adopt_format, audio_input, compute_budget_params,
-                                 declare_all, log_runtime)
+                                 InfoAnnouncer, RateMeter, adopt_format, audio_input,
+                                 compute_budget_params, declare_all, log_runtime)
 from kb_ros.nodes.runner import run_node
 from kb_ros.transport import qos
 from kb_ros.transport.backend import Backend, DiagnosticReport, ParamSpec, subscribe_info
-from kb_ros.transport.messages import AUDIO_INFO, AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
+from kb_ros.transport.messages import AUDIO_STAMPED, AudioChunkMsg, AudioInfoMsg
 
 
 PARAMS = [
@@ -106,8 +106,7 @@ class SmallNode:
                                       sample_format=self.params["output_format"])
 
         self.enhanced_pub = backend.create_publisher(AUDIO_STAMPED, "enhanced", qos.AUDIO_PUB)
-        info_pub = backend.create_publisher(AUDIO_INFO, "enhanced_info", qos.INFO_PUB)
-        info_pub.publish(AudioInfoMsg.from_format(self.out_format))
+        InfoAnnouncer(backend, "enhanced_info", AudioInfoMsg.from_format(self.out_format))
         subscribe_info(backend, "audio_info", self.on_audio_info)
         subscribe_info(backend, "hint_info", self.on_hint_info)
         backend.create_subscription(AUDIO_STAMPED, "hints", self.on_hint, qos.HINT_SUB,
@@ -133,6 +132,8 @@ class SmallNode:
             self.hint_info_rejected += 1
             self.drop_log("bad_hint_info", str(err))
             return
+        if (fmt, info.model_id) == (self.hint_format, self.hint_producer):
+            return  # the producer's periodic repeat
         self.hint_format, self.hint_producer = fmt, info.model_id
         accepted = self.matcher.accepted_producers
         if accepted is not None and info.model_id not in accepted:
