@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kb_ros.audio.clock import CHUNK_MS
+from kb_ros.cli.bench_compute import QUICK_VARIANTS, budget_summary
 from kb_ros.cli.bench_doc import PLOTS
 from kb_ros.cli.bench_floor import wakeup_lateness_ms
 
@@ -138,6 +139,19 @@ def test_wakeup_lateness_waits_for_each_deadline() -> None:
     assert len(late) == 25 and elapsed_ms >= 25 * CHUNK_MS
     assert min(late) >= 0  # never returns before its deadline
     assert elapsed_ms == pytest.approx(25 * CHUNK_MS + late[-1], abs=1.0)
+
+
+@pytest.mark.parametrize("per_op_us, projected", [(10.0, 75), (0.0, 0)],
+                         ids=["fitted", "degenerate_fit"])
+def test_budget_projection_survives_a_fit_with_no_cost_per_op(per_op_us: float,
+                                                              projected: int) -> None:
+    """Short, noisy runs can fit zero cost per op: the projection then names no op count."""
+    rows = [{"variant": label, "ops_per_chunk": 50 * (k + 1), "macs_per_chunk": 1e6,
+             "cpu_p50": 0.5, "cpu_p99": 0.6} for k, label in enumerate(QUICK_VARIANTS)]
+    fit = {"fixed_ms": 0.0, "per_op_us": per_op_us, "per_frequency_scan_ms": 0.1,
+           "p99_over_p50": 1.0 / 0.75}
+    budget = budget_summary(rows, fit, dense_macs_per_ms=1e6)
+    assert budget["max_ops_projected"]["0_frequency_scans"] == projected
 
 
 def table_width(text: str, row: str) -> int:

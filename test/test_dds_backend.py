@@ -324,7 +324,8 @@ def test_which_readers_a_writer_serves(nodes: Any, domain_id: int, writer_qos: A
     pub.send("go")
     assert pub.expect("published")["matched"] == readers
     sub.expect("done")
-    assert len(sub.of("msg", "best_effort")) == 20  # the traffic was there...
+    # the traffic was there (a best-effort reader may lose a sample on a loaded machine)...
+    assert len(sub.of("msg", "best_effort")) >= 15
     assert len(sub.of("msg", "reliable")) == (20 if reliable_matches else 0)
     assert len(sub.of("matched", "reliable")) == reliable_matches
 

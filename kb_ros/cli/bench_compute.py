@@ -307,7 +307,9 @@ def budget_summary(rows: list[dict[str, Any]], fit: dict[str, float], dense_macs
     per_op_ms = fit["per_op_us"] / 1e3
     max_ops = {}
     for scans in (0, 1):
-        ops = (budget_p50 - fit["fixed_ms"] - scans * fit["per_frequency_scan_ms"]) / per_op_ms
+        spare_ms = budget_p50 - fit["fixed_ms"] - scans * fit["per_frequency_scan_ms"]
+        # a fit that puts no cost on ops (short, noisy runs) projects no op count
+        ops = spare_ms / per_op_ms if per_op_ms > 0 else float("nan")
         max_ops[f"{scans}_frequency_scans"] = int(ops) if np.isfinite(ops) and ops > 0 else 0
     floor, block, hinted = (_variant(rows, label) for label in QUICK_VARIANTS[1:])
     kb = _variant(rows, QUICK_VARIANTS[0])
