@@ -148,23 +148,26 @@ def test_independent_dds_peer_gets_one_enhanced_chunk_per_input(tmp_path):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("latched_info", [True, False], ids=["latched_info", "volatile_info"])
-def test_a_48khz_microphone_gets_one_16khz_chunk_per_8_ms_block(tmp_path, latched_info):
+@pytest.mark.parametrize("info", ["latched", "volatile", "declared"])
+def test_a_48khz_microphone_gets_one_16khz_chunk_per_8_ms_block(tmp_path, info):
     """
-    An independent peer announces 48 kHz S16LE and sends 384-frame blocks to small_node.
+    An independent peer sends 48 kHz S16LE in 384-frame blocks to small_node.
 
     Its ``audio_info`` is latched, or published with ROS 2's default QoS (volatile), which a
     latched subscription alone never matches: the format would go unheard and the S16LE
     blocks be read as the default F32LE. Such a peer's own late, volatile subscription to
-    ``enhanced_info`` gets no history: it learns the format from small_node's repeats.
+    ``enhanced_info`` gets no history: it learns the format from small_node's repeats. A peer
+    that sends no ``audio_info`` at all has its format declared in small_node's parameters.
     """
-    dom = domain_id(3 if latched_info else 4)
+    dom = domain_id(("latched", "volatile", "declared").index(info) + 3)
+    declared = {"input_format": "S16LE", "input_rate": 48000} if info == "declared" else {}
     with LocalGraph(dom, log_dir=tmp_path) as graph:
-        node = graph.start("small_node", use_hints=False)
+        node = graph.start("small_node", use_hints=False, **declared)
         graph.wait_ready(120)
-        peer = AudioPeer(dom, latched_info=latched_info)
+        peer = AudioPeer(dom, latched_info=info == "latched")
         peer.wait_matched()
-        peer.announce(peer.audio_info, sample_rate=48000, sample_format="S16LE")
+        if info != "declared":
+            peer.announce(peer.audio_info, sample_rate=48000, sample_format="S16LE")
         time.sleep(0.3)
         t0 = 1_750_000_000 * 10**9 + 123_456_789
         t = np.arange(384 * 100) / 48000
@@ -175,7 +178,7 @@ def test_a_48khz_microphone_gets_one_16khz_chunk_per_8_ms_block(tmp_path, latche
             time.sleep(0.004)
         stamps = peer.collect(len(sent), timeout_s=20)
         infos = []
-        if not latched_info:
+        if info == "volatile":
             late = DataReader(peer.participant, Topic(peer.participant, "rt/kb/enhanced_info",
                                                       AudioInfo_),
                               Qos(Policy.Reliability.Reliable(10**8), Policy.History.KeepLast(10)))
@@ -185,8 +188,9 @@ def test_a_48khz_microphone_gets_one_16khz_chunk_per_8_ms_block(tmp_path, latche
                 time.sleep(0.05)
         codes = graph.stop()
     assert codes["small_node"] == 0 and not any("Traceback" in line for line in node.lines)
+    assert not any("assuming" in line for line in node.lines)  # no format was guessed
     assert stamps == sent
     assert all(len(m.audio.data) == 128 * 4 for m in peer.received)  # 16 kHz F32LE chunks
-    if not latched_info:
+    if info == "volatile":
         assert [(i.sample_rate, i.channels, i.sample_format) for i in infos[:1]] == [
             (16000, 1, "F32LE")]

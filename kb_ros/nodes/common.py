@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from kb_ros.audio.clock import STAMP_TOLERANCE_RANGE_MS, STAMP_TOLERANCE_S, Chunk
-from kb_ros.audio.pcm import AudioFormat, PcmError
+from kb_ros.audio.pcm import SAMPLE_FORMATS, SAMPLE_RATE_RANGE, AudioFormat, PcmError
 from kb_ros.audio.stream import PcmChunkStream
 from kb_ros.transport import qos
 from kb_ros.transport.backend import Backend, Logger, ParamSpec
@@ -63,6 +63,26 @@ STAMP_TOLERANCE_PARAM = ParamSpec(
     "it and still continue the stream (beyond: a gap, or a dropped block). Drivers that stamp "
     "buffers with their publish time jitter by several ms: raise it to 20-30 for them, the "
     "same on small_node and hint_node", read_only=True, float_range=STAMP_TOLERANCE_RANGE_MS)
+
+INPUT_FORMAT_PARAMS = [
+    ParamSpec("input_format", "", "PCM format of `audio` from the start, for publishers without "
+              "an `audio_info` (one that comes still wins): F32LE or S16LE. Empty: wait for "
+              "`audio_info` (32 messages), then assume F32LE mono 16 kHz", read_only=True,
+              choices=("", *sorted(SAMPLE_FORMATS))),
+    ParamSpec("input_channels", 1, "Channels of `input_format`", read_only=True,
+              int_range=(1, 64)),
+    ParamSpec("input_rate", 16000, "Sample rate of `input_format` in Hz", read_only=True,
+              int_range=SAMPLE_RATE_RANGE),
+]
+
+
+def declared_input_format(params: dict[str, Any]) -> AudioFormat | None:
+    """Return the format the ``input_*`` parameters declare, or None (wait for audio_info)."""
+    if not params["input_format"]:
+        return None
+    return AudioFormat(channels=params["input_channels"], sample_rate=params["input_rate"],
+                       sample_format=params["input_format"])
+
 
 RUNTIME_PARAM = ParamSpec(
     "runtime", "auto", "How the model's step runs: auto (ONNX Runtime on CPU when it can, "
@@ -148,16 +168,22 @@ def adopt_format(stream: PcmChunkStream, msg: AudioInfoMsg, topic: str) -> list[
 
 
 def audio_input(logger: Logger, drop_log: DropLog,
-                stamp_tolerance_ms: float = STAMP_TOLERANCE_S * 1e3) -> PcmChunkStream:
+                stamp_tolerance_ms: float = STAMP_TOLERANCE_S * 1e3,
+                fmt: AudioFormat | None = None) -> PcmChunkStream:
     """
     Make the input stream of a node subscribing ``audio`` and ``audio_info``.
 
-    The first 32 messages (a quarter second) wait for ``audio_info`` so that a latched format
-    arriving just after the first audio does not garble it.
+    Without a declared ``fmt``, the first 32 messages (a quarter second) wait for
+    ``audio_info`` so that a latched format arriving just after the first audio does not
+    garble it.
     """
     def assumed(fmt: AudioFormat) -> None:
         logger.warning(f"no audio_info yet: assuming {fmt.sample_format}, {fmt.channels} "
                        f"channel(s), {fmt.sample_rate} Hz")
 
-    return PcmChunkStream(on_drop=drop_log, hold_messages=32, on_format_assumed=assumed,
-                          stamp_tolerance_s=stamp_tolerance_ms / 1e3)
+    try:
+        return PcmChunkStream(fmt, on_drop=drop_log, hold_messages=32,
+                              on_format_assumed=assumed,
+                              stamp_tolerance_s=stamp_tolerance_ms / 1e3)
+    except PcmError as err:  # only a declared format can be unusable
+        raise ValueError(f"input_format: {err}") from None

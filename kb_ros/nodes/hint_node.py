@@ -27,9 +27,10 @@ from kb_ros.boosting.hint_format import (DEFAULT_HINT_FORMAT, HINT_FORMATS, Hint
                                          hint_audio_format)
 from kb_ros.boosting.hint_server import HintServer, StreamCounters
 from kb_ros.models.shipped import load_model_and_manifest
-from kb_ros.nodes.common import (ERROR, OK, RUNTIME_PARAM, STAMP_TOLERANCE_PARAM, WARN, DropLog,
-                                 InfoAnnouncer, RateMeter, adopt_format, audio_input,
-                                 compute_budget_params, declare_all, log_runtime)
+from kb_ros.nodes.common import (ERROR, INPUT_FORMAT_PARAMS, OK, RUNTIME_PARAM,
+                                 STAMP_TOLERANCE_PARAM, WARN, DropLog, InfoAnnouncer, RateMeter,
+                                 adopt_format, audio_input, compute_budget_params,
+                                 declare_all, declared_input_format, log_runtime)
 from kb_ros.nodes.runner import run_node
 from kb_ros.transport import qos
 from kb_ros.transport.backend import (Backend, DiagnosticReport, Logger, ParamSpec, Publisher,
@@ -49,6 +50,7 @@ PARAMS = [
     ParamSpec("threads", 1, "Intra-op threads", read_only=True, int_range=(1, 64)),
     RUNTIME_PARAM,
     STAMP_TOLERANCE_PARAM,
+    *INPUT_FORMAT_PARAMS,
     ParamSpec("device", "cpu", "Torch device of the large model: cpu, cuda or cuda:N (one "
               "hint_node per GPU)", read_only=True),
     ParamSpec("streams", [""], "Device streams served, one namespace each, relative to the "
@@ -146,7 +148,8 @@ class HintNode:
         logger = _StreamLogger(self.log, name)
         drop_log = DropLog(logger)
         tolerance_ms = self.params["stamp_tolerance_ms"]
-        device = DeviceStream(name, audio_input(logger, drop_log, tolerance_ms), drop_log,
+        device = DeviceStream(name, audio_input(logger, drop_log, tolerance_ms,
+                                                declared_input_format(self.params)), drop_log,
                               self.backend.create_publisher(
                                   AUDIO_STAMPED, stream_topic(stream, "hints"), qos.HINT_PUB),
                               RateMeter(self.backend.now_ns))

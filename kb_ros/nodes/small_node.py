@@ -19,9 +19,10 @@ from kb_ros.boosting.limiter import DEFAULT_OUTPUT_MARGIN_DB
 from kb_ros.boosting.stats import LatencyStats
 from kb_ros.models.filterbank import OUTPUT_DELAY_SAMPLES
 from kb_ros.models.shipped import load_model_and_manifest
-from kb_ros.nodes.common import (ERROR, OK, RUNTIME_PARAM, STAMP_TOLERANCE_PARAM, WARN, DropLog,
-                                 InfoAnnouncer, RateMeter, adopt_format, audio_input,
-                                 compute_budget_params, declare_all, log_runtime)
+from kb_ros.nodes.common import (ERROR, INPUT_FORMAT_PARAMS, OK, RUNTIME_PARAM,
+                                 STAMP_TOLERANCE_PARAM, WARN, DropLog, InfoAnnouncer, RateMeter,
+                                 adopt_format, audio_input, compute_budget_params,
+                                 declare_all, declared_input_format, log_runtime)
 from kb_ros.nodes.runner import run_node
 from kb_ros.transport import qos
 from kb_ros.transport.backend import Backend, DiagnosticReport, ParamSpec, subscribe_info
@@ -43,6 +44,7 @@ PARAMS = [
               read_only=True, int_range=(1, 64)),
     RUNTIME_PARAM,
     STAMP_TOLERANCE_PARAM,
+    *INPUT_FORMAT_PARAMS,
     ParamSpec("output_margin_db", DEFAULT_OUTPUT_MARGIN_DB,
               "Output limiter: each output chunk stays within this many dB of the input it "
               "estimates (and within full scale); gain changes are ramped", read_only=True,
@@ -92,7 +94,8 @@ class SmallNode:
                                    energy_margin_db=self.params["hint_energy_margin_db"],
                                    max_early_chunks=early_hint_chunks(self.params["max_lag_ms"]))
         self.drop_log = DropLog(self.log)
-        self.input = audio_input(self.log, self.drop_log, self.params["stamp_tolerance_ms"])
+        self.input = audio_input(self.log, self.drop_log, self.params["stamp_tolerance_ms"],
+                                 declared_input_format(self.params))
         self.frame_id = ""
         self.hint_format = hint_audio_format(DEFAULT_HINT_FORMAT, self.sources)  # until hint_info
         self.hint_producer: str | None = None
