@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from kb_ros.models.model import StreamingModel
-from kb_ros.models.onnx_step import cache_dir, graph_key
+from kb_ros.models.onnx_step import graph_path
 from kb_ros.models.ring import rings_pay
 
 
@@ -43,7 +43,7 @@ def op_profile(model: StreamingModel, batch: int, steps: int) -> dict[str, Any] 
     Returns None where the graph is not in the ONNX cache (onnxruntime missing, a read-only
     cache, a TorchScript fallback): there is then no graph the server runs to profile.
     """
-    path = cache_dir() / "onnx" / f"{graph_key(model, None, False, rings_pay(model.config))}.onnx"
+    path = graph_path(model, None, False, rings_pay(model.config))
     try:
         import onnxruntime
     except ImportError:

@@ -78,6 +78,12 @@ def graph_key(model: StreamingModel, batch: int | None, hinted: bool, ring: bool
     return digest.hexdigest()[:32]
 
 
+def graph_path(model: StreamingModel, batch: int | None, hinted: bool, ring: bool = False,
+               cache: Path | None = None) -> Path:
+    """Return where the exported graph of this step is cached (it may not be there yet)."""
+    return (cache or cache_dir() / "onnx") / f"{graph_key(model, batch, hinted, ring)}.onnx"
+
+
 class OnnxStep(FlatStep):
     """
     ``FlatStep`` on ONNX Runtime (CPU). ``batch`` None exports one graph for any batch size.
@@ -100,7 +106,7 @@ class OnnxStep(FlatStep):
         super().__init__(model.eval(), batch, ring)
         self._ort = onnxruntime
         self._threads = threads
-        self._cache = cache or cache_dir() / "onnx"
+        self._cache = cache  # None: cache_dir() / "onnx"
         self.exported = 0  # graphs exported by this step (0 when all came from the cache)
         self._plain = self._session(hinted=False)
         self._hinted = self._session(hinted=True) if model.config.uses_hints else None
@@ -120,7 +126,7 @@ class OnnxStep(FlatStep):
     def _session(self, hinted: bool) -> tuple[Any, list[str]]:
         """Load the graph from the cache, else export it (and cache it where writable)."""
         inputs = (3 if hinted else 1) + len(self._initial)  # mix (, hint, age), the state
-        path = self._cache / f"{graph_key(self.model, self.batch, hinted, self.ring)}.onnx"
+        path = graph_path(self.model, self.batch, hinted, self.ring, self._cache)
         if path.exists():
             try:
                 return self._load(str(path), inputs)
